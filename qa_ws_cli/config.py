@@ -1,0 +1,280 @@
+"""Settings: defaults < YAML file < environment < flags. The only module that reads env or files.
+
+The YAML follows the original plan (a ``websocket:`` root with ``server``, ``security`` ...).
+Environment variables use the ``WEBSOCKET_`` prefix and ``__`` between levels
+(``WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE=120``); the plan's short names
+``WEBSOCKET_HOST``, ``WEBSOCKET_PORT`` and ``WEBSOCKET_SECRET_KEY`` work too.
+``load_settings`` also records where each value came from, for ``qa-ws config show``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from qa_ws_cli.errors import ConfigError
+
+ENV_PREFIX = "WEBSOCKET_"
+DEFAULT_CONFIG = Path("configs/default.yaml")
+MIN_SECRET_BYTES = 32
+_ENV_ALIASES = {
+    "WEBSOCKET_HOST": ("server", "host"),
+    "WEBSOCKET_PORT": ("server", "port"),
+    "WEBSOCKET_SECRET_KEY": ("security", "secret_key"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SSLSettings(_Section):
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    # The plan's example said 100, below its own "100+ connections" target.
+    max_connections: int = Field(10_000, ge=1)
+    max_connections_per_user: int = Field(10, ge=1)
+    name: str = "qa-ws"
+    ssl: SSLSettings = SSLSettings()
+
+
+class AuthenticationSettings(_Section):
+    enabled: bool = True
+    token_expiry: int = Field(3600, ge=1, description="seconds a token issued here lives")
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
+    public_key_file: Path | None = None
+    private_key_file: Path | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = Field(0.0, ge=0)
+    revocation_file: Path = Path(".qa-ws/revoked.jsonl")
+    expiring_notice_s: float = Field(60.0, ge=0)
+
+
+class CorsSettings(_Section):
+    enabled: bool = True
+    origins: list[str] = ["http://127.0.0.1:8765", "http://localhost:8765"]
+
+
+class RateLimitSettings(_Section):
+    enabled: bool = True
+    max_requests_per_minute: int = Field(60, ge=1)
+    burst: int = Field(10, ge=1, description="messages allowed within one second")
+    abuse_factor: float = Field(
+        2.0, gt=0, description="close with 1008 once rejections in a minute exceed factor x limit"
+    )
+
+
+class SecuritySettings(_Section):
+    secret_key: SecretStr | None = None
+    authentication: AuthenticationSettings = AuthenticationSettings()
+    cors: CorsSettings = CorsSettings()
+    rate_limiting: RateLimitSettings = RateLimitSettings()
+
+
+class LimitSettings(_Section):
+    max_message_bytes: int = Field(64 * 1024, ge=64)
+    max_content_chars: int = Field(8000, ge=1)
+    max_inflight_per_connection: int = Field(4, ge=1)
+    send_queue_bytes: int = Field(1024 * 1024, ge=1024)
+    heartbeat_s: float = Field(20.0, ge=0, description="0 turns server pings off")
+    idle_timeout_s: float = Field(0.0, ge=0, description="0: no idle timeout")
+
+
+class SessionSettings(_Section):
+    buffer_events: int = Field(200, ge=0)
+    buffer_age_s: float = Field(600.0, ge=0)
+    ttl_s: float = Field(900.0, ge=1, description="a session with no connection lives this long")
+    max_answered_ids: int = Field(500, ge=0)
+    history_turns: int = Field(10, ge=0)
+
+
+class AgentSettings(_Section):
+    spec: str = "demo"
+    timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0)
+    demo_latency_ms: float = Field(200.0, ge=0)
+    model: str | None = None
+    system_prompt: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(64, ge=1)
+    max_queue: int = Field(256, ge=0)
+
+
+class LoggingSettings(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ShutdownSettings(_Section):
+    drain_timeout_s: float = Field(10.0, ge=0)
+    reconnect_after_ms: int = Field(1000, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway and the tools need, as one validated tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    enabled: bool = True
+    server: ServerSettings = ServerSettings()
+    security: SecuritySettings = SecuritySettings()
+    limits: LimitSettings = LimitSettings()
+    sessions: SessionSettings = SessionSettings()
+    agent: AgentSettings = AgentSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+    def secret(self) -> str | None:
+        key = self.security.secret_key
+        return key.get_secret_value() if key is not None else None
+
+
+@dataclass
+class LoadedSettings:
+    settings: Settings
+    origins: dict[str, str] = field(default_factory=dict)
+    config_file: Path | None = None
+
+
+def _merge(into: dict[str, Any], layer: dict[str, Any], origin: str,
+           origins: dict[str, str], prefix: str = "") -> None:
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, origins, path + ".")
+        elif isinstance(value, dict):
+            into[key] = {}
+            _merge(into[key], value, origin, origins, path + ".")
+        else:
+            into[key] = value
+            origins[path] = origin
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The ``websocket:`` section of a config file (a file without that root is taken whole)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", path=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping", path="websocket")
+    section = data.get("websocket", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'websocket' must be a mapping", path="websocket")
+    return section
+
+
+def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ if environ is None else environ)
+    source = EnvSettingsSource(
+        Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+    source.env_vars = {k.lower(): v for k, v in env.items()}
+    values: dict[str, Any] = source()
+    for name, (section, key) in _ENV_ALIASES.items():
+        if name in env:
+            values.setdefault(section, {})[key] = env[name]
+    return values
+
+
+def _error_path(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors(include_url=False)[0]
+    path = ".".join(str(p) for p in ("websocket", *err["loc"]))
+    return path, err["msg"]
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> LoadedSettings:
+    """Layer the sources; raise ``ConfigError`` naming the bad field's path."""
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    path = config_file
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        _merge(merged, read_yaml(path), f"file {path}", origins)
+    _merge(merged, read_env(environ), "environment", origins)
+    _merge(merged, overrides or {}, "flag", origins)
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        where, msg = _error_path(exc)
+        raise ConfigError(f"{where}: {msg}", path=where) from None
+    return LoadedSettings(settings=settings, origins=origins, config_file=path)
+
+
+def validate_file(path: Path) -> Settings:
+    try:
+        return Settings.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        where, msg = _error_path(exc)
+        raise ConfigError(f"{where}: {msg}", path=where) from None
+
+
+def flatten(settings: Settings) -> dict[str, Any]:
+    """Dotted paths to values, secrets redacted (for ``config show``)."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, BaseModel):
+            for name in type(obj).model_fields:
+                walk(getattr(obj, name), f"{prefix}{name}.")
+        else:
+            key = prefix[:-1]
+            if isinstance(obj, SecretStr):
+                out[key] = "**********"
+            elif isinstance(obj, Path):
+                out[key] = str(obj)
+            else:
+                out[key] = obj
+
+    walk(settings, "")
+    return out
+
+
+def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
+    """Authentication needs a strong key; ``--dev`` makes an ephemeral one instead."""
+    auth = settings.security.authentication
+    if not settings.security.authentication.enabled or auth.algorithm != "HS256" and (
+        auth.public_key_file or auth.jwks_url
+    ):
+        return settings
+    secret = settings.secret()
+    if secret is not None and len(secret.encode()) >= MIN_SECRET_BYTES:
+        return settings
+    if dev and secret is None:
+        security = settings.security.model_copy(
+            update={"secret_key": SecretStr(secrets.token_urlsafe(48))}
+        )
+        return settings.model_copy(update={"security": security})
+    problem = "is missing" if secret is None else f"is shorter than {MIN_SECRET_BYTES} bytes"
+    raise ConfigError(
+        f"the signing secret {problem}: set WEBSOCKET_SECRET_KEY to {MIN_SECRET_BYTES}+ random "
+        "bytes (e.g. `export WEBSOCKET_SECRET_KEY=$(python -c 'import secrets; "
+        "print(secrets.token_urlsafe(48))')`), or use --dev for an ephemeral one",
+        path="websocket.security.secret_key",
+    )

@@ -1,0 +1,70 @@
+"""Text <-> event, with no I/O: the server and the clients share it.
+
+``decode_client`` turns one text frame into a typed client event or raises ``ProtocolError``
+with the protocol's error code and, when the frame named a usable ``id``, its ``reply_to``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from qa_ws_cli.errors import ProtocolError
+from qa_ws_cli.protocol.codes import ErrorCode
+from qa_ws_cli.protocol.events import ID_PATTERN, ClientEvent, ServerEvent
+
+_client_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+_server_adapter: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
+_id_re = re.compile(ID_PATTERN)
+
+
+def decode_client(text: str | bytes) -> ClientEvent:
+    """Parse a client frame; the fast path is one validation in pydantic-core."""
+    try:
+        return _client_adapter.validate_json(text)
+    except ValidationError as exc:
+        raise _explain(text, exc) from None
+
+
+def _explain(text: str | bytes, exc: ValidationError) -> ProtocolError:
+    """Slow path, only for bad frames: tell JSON errors from schema errors, name the field."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return ProtocolError("the frame is not valid JSON", code=ErrorCode.INVALID_JSON)
+    if not isinstance(data, dict):
+        return ProtocolError("a frame must be a JSON object", code=ErrorCode.INVALID_MESSAGE)
+    msg_id = data.get("id")
+    reply_to = msg_id if isinstance(msg_id, str) and _id_re.match(msg_id) else None
+    kind = data.get("type")
+    if "type" not in data:
+        return ProtocolError("missing field 'type'", code=ErrorCode.INVALID_MESSAGE)
+    if kind not in ("chat_message", "ping", "cancel"):
+        return ProtocolError(
+            f"unknown type {str(kind)[:40]!r}", code=ErrorCode.INVALID_MESSAGE, reply_to=reply_to
+        )
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"][1:]) or "frame"
+    reason = "missing" if err["type"] == "missing" else "invalid"
+    return ProtocolError(
+        f"{reason} field {field!r} in {kind}", code=ErrorCode.INVALID_MESSAGE, reply_to=reply_to
+    )
+
+
+def decode_server(text: str | bytes) -> ServerEvent:
+    """Parse a server frame (client side); raises ``ProtocolError`` on anything else."""
+    try:
+        return _server_adapter.validate_json(text)
+    except ValidationError:
+        raise ProtocolError(
+            "the server sent a frame this client does not understand"
+        ) from None
+
+
+def encode(event: Any) -> str:
+    """One event -> one text frame; absent optional fields are left out."""
+    text: str = event.model_dump_json(exclude_none=True)
+    return text
