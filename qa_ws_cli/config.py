@@ -278,3 +278,17 @@ def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
         "print(secrets.token_urlsafe(48))')`), or use --dev for an ephemeral one",
         path="websocket.security.secret_key",
     )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``2d``, ``250ms`` -> seconds."""
+    raw = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(raw[: -len(unit)]) * _UNITS[unit]
+    if raw.replace(".", "", 1).isdigit():
+        return float(raw)
+    raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h, 2d)")

@@ -1,0 +1,195 @@
+"""Issue and verify JSON Web Tokens (pyjwt) as the protocol's Authentication section says.
+
+Only the configured algorithm is accepted, so ``alg: none`` and HS/RS confusion are refused by
+construction. Verification errors become ``AuthError`` with the handshake's error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from qa_ws_cli.config import AuthenticationSettings, Settings
+from qa_ws_cli.errors import AuthError, ConfigError
+from qa_ws_cli.protocol.codes import HandshakeError
+
+DEFAULT_SCOPE = "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    exp: float
+    iat: float
+    jti: str | None
+    scopes: frozenset[str]
+    raw: dict[str, Any]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def _read_key(path: Any, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the {what} {path}: {exc.strerror}",
+            path=f"websocket.security.authentication.{what.replace(' ', '_')}_file",
+        ) from None
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("the token's 'sub' must be a non-empty string")
+    scope = payload.get("scope", DEFAULT_SCOPE)
+    scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+    jti = payload.get("jti")
+    return Claims(
+        sub=sub,
+        exp=float(payload["exp"]),
+        iat=float(payload["iat"]),
+        jti=jti if isinstance(jti, str) else None,
+        scopes=scopes,
+        raw=payload,
+    )
+
+
+_REASONS: tuple[tuple[type[Exception], str, str], ...] = (
+    (jwt.ExpiredSignatureError, HandshakeError.TOKEN_EXPIRED, "the token has expired"),
+    (jwt.ImmatureSignatureError, HandshakeError.INVALID_TOKEN, "the token is not valid yet (nbf)"),
+    (jwt.InvalidAudienceError, HandshakeError.INVALID_TOKEN, "the token has the wrong audience"),
+    (jwt.InvalidIssuerError, HandshakeError.INVALID_TOKEN, "the token has the wrong issuer"),
+    (jwt.InvalidSignatureError, HandshakeError.INVALID_TOKEN, "the token's signature is invalid"),
+    (jwt.InvalidAlgorithmError, HandshakeError.INVALID_TOKEN, "the token's algorithm is not allowed"),
+    (jwt.PyJWKClientError, HandshakeError.INVALID_TOKEN, "no signing key matches the token"),
+)
+
+
+def _reason(exc: Exception) -> AuthError:
+    for kind, code, message in _REASONS:
+        if isinstance(exc, kind):
+            return AuthError(message, code=code)
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return AuthError(f"the token lacks the required claim '{exc.claim}'")
+    return AuthError("the token is malformed")
+
+
+class TokenVerifier:
+    """Checks signature, time claims, issuer and audience against the configured key."""
+
+    def __init__(self, auth: AuthenticationSettings, secret: str | None) -> None:
+        self.algorithm = auth.algorithm
+        self.issuer = auth.issuer
+        self.audience = auth.audience
+        self.leeway = auth.leeway_s
+        self._jwks: jwt.PyJWKClient | None = None
+        self._key: Any = None
+        if auth.jwks_url:
+            self._jwks = jwt.PyJWKClient(auth.jwks_url, cache_keys=True, lifespan=300)
+        elif auth.algorithm.startswith("HS"):
+            if not secret:
+                raise ConfigError(
+                    "authentication needs a secret key (WEBSOCKET_SECRET_KEY)",
+                    path="websocket.security.secret_key",
+                )
+            self._key = secret
+        else:
+            if auth.public_key_file is None:
+                raise ConfigError(
+                    f"{auth.algorithm} needs public_key_file or jwks_url",
+                    path="websocket.security.authentication.public_key_file",
+                )
+            self._key = _read_key(auth.public_key_file, "public key")
+        required = ["sub", "exp", "iat"]
+        required += [c for c, v in (("iss", self.issuer), ("aud", self.audience)) if v]
+        self._options: Any = {"require": required, "verify_aud": bool(self.audience)}
+
+    def _decode(self, token: str, key: Any) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options=self._options,
+            )
+        except jwt.PyJWTError as exc:
+            raise _reason(exc) from None
+        return _claims(payload)
+
+    def verify(self, token: str) -> Claims:
+        """Synchronous check; with a JWKS URL the key fetch may block (use ``averify``)."""
+        key = self._key
+        if self._jwks is not None:
+            try:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWTError as exc:
+                raise _reason(exc) from None
+        return self._decode(token, key)
+
+    async def averify(self, token: str) -> Claims:
+        if self._jwks is None:
+            return self._decode(token, self._key)
+        return await asyncio.get_running_loop().run_in_executor(None, self.verify, token)
+
+
+def issue_token(
+    settings: Settings,
+    sub: str,
+    *,
+    ttl_s: float | None = None,
+    scope: str = DEFAULT_SCOPE,
+    extra: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Mint a token with the configured key, issuer and audience; returns (token, claims)."""
+    auth = settings.security.authentication
+    if not sub:
+        raise ValueError("sub must not be empty")
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "iat": issued,
+        "exp": issued + int(auth.token_expiry if ttl_s is None else ttl_s),
+        "jti": uuid.uuid4().hex,
+        "scope": scope,
+        **(extra or {}),
+    }
+    if auth.issuer:
+        claims["iss"] = auth.issuer
+    if auth.audience:
+        claims["aud"] = auth.audience
+    if auth.algorithm.startswith("HS"):
+        key: Any = settings.secret()
+        if not key:
+            raise ConfigError(
+                "cannot sign: no secret key (set WEBSOCKET_SECRET_KEY)",
+                path="websocket.security.secret_key",
+            )
+    else:
+        if auth.private_key_file is None:
+            raise ConfigError(
+                f"cannot sign {auth.algorithm}: set security.authentication.private_key_file",
+                path="websocket.security.authentication.private_key_file",
+            )
+        key = _read_key(auth.private_key_file, "private key")
+    return jwt.encode(claims, key, algorithm=auth.algorithm), claims
+
+
+def peek_claims(token: str) -> dict[str, Any]:
+    """Claims without verification, for display (``/token`` in the repl) and revocation."""
+    try:
+        payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthError("the token is malformed") from None
+    return payload

@@ -1,0 +1,101 @@
+"""What every command shares: options that load Settings, and one-line failures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from qa_ws_cli.config import LoadedSettings, load_settings
+from qa_ws_cli.errors import (
+    ClientTimeout,
+    ConfigError,
+    ConnectionLost,
+    HandshakeRefused,
+    QaWsError,
+    ServerError,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: configs/default.yaml if present).",
+                 exists=True, dir_okay=False, readable=True),
+]
+
+# exit codes shared by the client commands (documented in the README)
+EXIT_FAILED = 1
+EXIT_REFUSED = 3
+EXIT_LOST = 4
+EXIT_SERVER_ERROR = 5
+EXIT_TIMEOUT = 6
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) -> LoadedSettings:
+    try:
+        return load_settings(config, _prune(overrides or {}))
+    except ConfigError as exc:
+        fail(exc.message)
+
+
+def _prune(tree: dict[str, Any]) -> dict[str, Any]:
+    """Flags left at None mean "not given": they must not override lower layers."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _prune(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, HandshakeRefused):
+        return EXIT_REFUSED
+    if isinstance(exc, ConnectionLost):
+        return EXIT_LOST
+    if isinstance(exc, ServerError):
+        return EXIT_SERVER_ERROR
+    if isinstance(exc, ClientTimeout):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn the error tree into one line on stderr and an exit code; never a traceback."""
+    try:
+        yield
+    except QaWsError as exc:
+        fail(exc.message, exit_code_for(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def read_stdin_value(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read().strip()
+    return value
+
+
+def run_async(factory: Callable[[], Any]) -> Any:
+    import asyncio
+
+    return asyncio.run(factory())

@@ -1,0 +1,111 @@
+"""``qa-ws send``: one message, or stdin's lines, to the agent; answers stream to stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.cli.common import ConfigOption, err_console, exit_code_for, fail, settings_from
+from qa_ws_cli.client.connection import Carrier, ClientOptions, QaWsClient
+from qa_ws_cli.config import Settings
+from qa_ws_cli.errors import QaWsError
+
+
+def default_url(settings: Settings) -> str:
+    scheme = "wss" if settings.server.ssl.certfile else "ws"
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"{scheme}://{host}:{settings.server.port}/ws"
+
+
+def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str | None:
+    if token:
+        return token
+    if sub:
+        try:
+            return issue_token(settings, sub, ttl_s=3600)[0]
+        except QaWsError as exc:
+            fail(f"--sub needs the signing key: {exc.message}")
+    return None
+
+
+def command(
+    message: Annotated[str, typer.Argument(help="The question, or - to send stdin's lines one by one.")],
+    url: Annotated[str | None, typer.Option("--url", help="Server URL (default from config).")] = None,
+    token: Annotated[str | None, typer.Option("--token", "-t", envvar="QA_WS_TOKEN",
+                                              help="JWT to present (env QA_WS_TOKEN).")] = None,
+    sub: Annotated[str | None, typer.Option("--sub", help="Mint a token for this user (needs the secret).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every received event as one JSON line.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each answer.")] = 60.0,
+    carrier: Annotated[str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")] = "header",
+    origin: Annotated[str | None, typer.Option("--origin", help="Origin header to send.")] = None,
+    reconnect: Annotated[bool, typer.Option("--reconnect/--no-reconnect", help="Resume after a lost connection.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Send a message and stream the agent's answer to stdout; exit 0 after agent_response.
+
+    Examples:
+      qa-ws send "how do I test a login form?" --url ws://127.0.0.1:8765/ws --token "$TOKEN"
+      cat questions.txt | qa-ws send - --token "$TOKEN"
+
+    Exit codes: 1 usage or config, 3 handshake refused, 4 connection lost, 5 error event, 6 timeout.
+    """
+    if carrier not in ("header", "subprotocol", "query"):
+        fail("--carrier must be header, subprotocol or query")
+    if timeout <= 0:
+        fail("--timeout must be positive")
+    settings = settings_from(config).settings
+    if message == "-":
+        messages = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    else:
+        messages = [message]
+    if not messages or not all(m.strip() for m in messages):
+        fail("nothing to send: the message is empty")
+    signer = (lambda: issue_token(settings, sub, ttl_s=3600)[0]) if sub and not token else None
+    options = ClientOptions(
+        url=url or default_url(settings),
+        token=resolve_token(settings, token, sub),
+        carrier=carrier,  # type: ignore[arg-type]
+        origin=origin,
+        reconnect=reconnect,
+        token_factory=signer,
+        connect_timeout=min(timeout, 15.0),
+    )
+    try:
+        asyncio.run(_send_all(options, messages, as_json, timeout))
+    except QaWsError as exc:
+        err_console.print(f"error: {exc.message}", markup=False)
+        raise typer.Exit(exit_code_for(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _send_all(options: ClientOptions, messages: list[str], as_json: bool, timeout: float) -> None:
+    client = QaWsClient(options)
+    out = sys.stdout
+    if as_json:
+        client.on_event = lambda event: print(event.model_dump_json(exclude_none=True), flush=True)
+    try:
+        await client.connect()
+        for text in messages:
+            streamed = False
+
+            def on_delta(piece: str) -> None:
+                nonlocal streamed
+                streamed = True
+                if not as_json:
+                    out.write(piece)
+                    out.flush()
+
+            answer = await client.ask(text, timeout=timeout, on_delta=on_delta)
+            if not as_json:
+                out.write(("" if streamed else answer.content) + "\n")
+                out.flush()
+    finally:
+        await client.close()
+

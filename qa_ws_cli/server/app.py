@@ -1,0 +1,62 @@
+"""``create_app``: the whole gateway as one ``web.Application``, everything injected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from qa_ws_cli.agents.base import Agent
+from qa_ws_cli.config import Settings
+from qa_ws_cli.server import handlers
+from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.middlewares import (
+    auth_middleware,
+    caps_middleware,
+    origin_middleware,
+    request_id_middleware,
+)
+from qa_ws_cli.server.store import MemoryStore, Store
+
+
+def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> web.Application:
+    gateway = Gateway(settings, agent, store or MemoryStore())
+    cors = settings.security.cors
+    middlewares = [request_id_middleware()]
+    if cors.enabled:
+        middlewares.append(origin_middleware(cors.origins))
+    middlewares += [auth_middleware(), caps_middleware()]
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    app[GATEWAY] = gateway
+    app.router.add_get("/ws", handlers.websocket)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/", handlers.index)
+    app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_drain)
+    app.on_response_prepare.append(_request_id_header)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    housekeeping = asyncio.get_running_loop().create_task(gateway.housekeeping_loop())
+    yield
+    housekeeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await housekeeping
+    await gateway.aclose()
+
+
+async def _drain(app: web.Application) -> None:
+    await app[GATEWAY].drain()
+
+
+async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get("request_id")
+    if request_id:
+        response.headers["X-Request-ID"] = request_id

@@ -1,0 +1,178 @@
+"""Live connections: bounded outgoing queues, the registry, per-user counts and broadcast.
+
+Every frame to a client goes through ``Connection.send``: it never blocks the caller. Frames
+queue (bounded in bytes) and one short-lived writer task drains them; a client that does not
+read fills its queue and is closed with 1008, without stalling anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from qa_ws_cli.auth.tokens import Claims
+from qa_ws_cli.protocol.codes import CloseCode
+
+if TYPE_CHECKING:
+    from qa_ws_cli.server.sessions import Session
+
+log = logging.getLogger("qa_ws.server")
+
+
+class Connection:
+    __slots__ = (
+        "_on_overflow",
+        "claims",
+        "closing",
+        "id",
+        "inflight",
+        "last_seen",
+        "queue",
+        "queue_limit",
+        "queued_bytes",
+        "rejections",
+        "session",
+        "timers",
+        "user",
+        "writer",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        conn_id: str,
+        claims: Claims,
+        queue_limit: int,
+        on_overflow: Callable[[Connection], None],
+    ) -> None:
+        self.ws = ws
+        self.id = conn_id
+        self.claims = claims
+        self.user = claims.sub
+        self.session: Session | None = None
+        self.queue: deque[str] = deque()
+        self.queued_bytes = 0
+        self.queue_limit = queue_limit
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.inflight = 0
+        self.last_seen = 0.0
+        self.rejections: deque[float] = deque()
+        self.timers: list[asyncio.TimerHandle] = []
+        self._on_overflow = on_overflow
+
+    def send(self, frame: str) -> None:
+        """Queue one text frame; overflowing the byte budget closes the connection (1008)."""
+        if self.closing:
+            return
+        size = len(frame)
+        if self.queued_bytes + size > self.queue_limit:
+            self._on_overflow(self)
+            self.start_close(CloseCode.POLICY_VIOLATION, "slow consumer: outgoing queue overflowed")
+            return
+        self.queue.append(frame)
+        self.queued_bytes += size
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        ws, queue = self.ws, self.queue
+        try:
+            while queue:
+                frame = queue[0]
+                await ws.send_str(frame)
+                queue.popleft()
+                self.queued_bytes -= len(frame)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            queue.clear()
+            self.queued_bytes = 0
+        finally:
+            self.writer = None
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (bounded) until the queued frames are written, e.g. before a close."""
+        writer = self.writer
+        if writer is not None:
+            await asyncio.wait({writer}, timeout=timeout)
+
+    def start_close(self, code: int, reason: str) -> None:
+        """Close from sync code: queued frames are dropped for 1008, flushed otherwise."""
+        if self.closing:
+            return
+        self.closing = True
+        if code == CloseCode.POLICY_VIOLATION and self.writer is not None:
+            self.writer.cancel()
+        asyncio.get_running_loop().create_task(self.close(code, reason))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closing = True
+        await self.flush(timeout=2.0)
+        try:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+        except (ConnectionError, RuntimeError):  # already gone
+            pass
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+
+class ConnectionManager:
+    """The registry of this instance's connections, and the slots the caps count.
+
+    A slot is reserved before the upgrade (so the caps hold under a stampede) and released
+    when the handler returns; the registry holds the connections that are open.
+    """
+
+    def __init__(self, max_total: int, max_per_user: int) -> None:
+        self.max_total = max_total
+        self.max_per_user = max_per_user
+        self._by_id: dict[str, Connection] = {}
+        self._per_user: dict[str, int] = {}
+        self._slots = 0
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._by_id.values()))
+
+    def reserve(self, user: str) -> str | None:
+        """Take a slot for ``user``; returns the refusal's error code when there is none."""
+        if self._slots >= self.max_total:
+            return "server_full"
+        held = self._per_user.get(user, 0)
+        if held >= self.max_per_user:
+            return "too_many_connections"
+        self._per_user[user] = held + 1
+        self._slots += 1
+        return None
+
+    def release(self, user: str) -> None:
+        self._slots -= 1
+        left = self._per_user[user] - 1
+        if left:
+            self._per_user[user] = left
+        else:
+            del self._per_user[user]
+
+    def users(self) -> int:
+        return len(self._per_user)
+
+    def add(self, conn: Connection) -> None:
+        self._by_id[conn.id] = conn
+
+    def remove(self, conn: Connection) -> None:
+        self._by_id.pop(conn.id, None)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        conns = list(self._by_id.values())
+        if conns:
+            await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)

@@ -1,0 +1,65 @@
+"""Per-user rate limits on chat messages, with the ``limits`` library's async API.
+
+Two windows are checked per message: ``burst`` per second and ``max_requests_per_minute`` per
+minute, both per token ``sub`` across all of that user's connections. The counters live in a
+``limits`` storage, so a Redis storage can replace the in-memory one without touching callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from qa_ws_cli.config import RateLimitSettings
+
+
+class MemoryLimitStorage(MemoryStorage):
+    """``limits``' memory storage, swept by the server's housekeeping instead of on every hit.
+
+    The stock storage starts a pass over every key after each hit; with thousands of users
+    that is work on the hot path. Expired keys are still ignored on read, and ``prune`` drops
+    them (the counters of users who left) on the housekeeping timer.
+    """
+
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        return None
+
+    def prune(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        expired = [key for key, at in self.expirations.items() if at <= now]
+        for key in expired:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+        return len(expired)
+
+    def __len__(self) -> int:
+        return len(self.storage)
+
+
+class RateLimiter:
+    def __init__(self, settings: RateLimitSettings, storage: Storage) -> None:
+        self.settings = settings
+        self.per_minute = RateLimitItemPerMinute(settings.max_requests_per_minute)
+        self.per_second = RateLimitItemPerSecond(settings.burst)
+        self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self.abuse_threshold = int(settings.abuse_factor * settings.max_requests_per_minute)
+
+    async def hit(self, user: str) -> float | None:
+        """Count one message; None when allowed, else the seconds after which to retry."""
+        for item in (self.per_second, self.per_minute):
+            if not await self.strategy.hit(item, user):
+                stats = await self.strategy.get_window_stats(item, user)
+                return round(max(0.1, stats.reset_time - time.time()), 1)
+        return None
+
+    def abusive(self, rejections: deque[float], now: float) -> bool:
+        """Record one rejection; True once a minute holds more than the abuse threshold."""
+        rejections.append(now)
+        while rejections and rejections[0] < now - 60.0:
+            rejections.popleft()
+        return len(rejections) > self.abuse_threshold

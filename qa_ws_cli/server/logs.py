@@ -1,0 +1,83 @@
+"""Structured logs: one line per connect, disconnect and chat; JSON or console; no tokens.
+
+Fields travel in ``extra={"fields": {...}}``. Tokens never reach a log call, and the access
+log prints the path with ``token=`` redacted (the protocol's last-resort carrier).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from qa_ws_cli.config import LoggingSettings
+
+_TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.IGNORECASE)
+_JWT_RE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def redact(text: str) -> str:
+    """Hide query-string tokens and anything shaped like a JWT."""
+    return _JWT_RE.sub("[redacted]", _TOKEN_RE.sub(r"\1[redacted]", text))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, default=str))
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log with the query string's tokens redacted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        log_event(
+            self.logger,
+            "http",
+            request_id=request.get("request_id", "-"),
+            remote=request.remote,
+            method=request.method,
+            path=redact(request.path_qs),
+            status=response.status,
+            ms=round(time * 1000, 1),
+        )

@@ -1,0 +1,146 @@
+"""Sessions: per-session ``seq``, a replay buffer bounded by count and age, idempotent ids.
+
+A session outlives its connections: answers keep flowing into it while the client is away
+and are replayed on resume. Detached sessions are dropped after ``ttl_s``, so the memory of
+users who left is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qa_ws_cli.agents.base import Turn
+from qa_ws_cli.config import SessionSettings
+from qa_ws_cli.protocol.codec import encode
+from qa_ws_cli.server.connections import Connection
+
+
+@dataclass(slots=True)
+class ChatRun:
+    """One answer in flight; ``cancelled_by`` is set when a client's ``cancel`` stopped it."""
+
+    task: asyncio.Task[None]
+    started: float
+    cancelled_by: str | None = None
+    origin: Connection | None = field(default=None, repr=False)
+
+
+class Session:
+    __slots__ = (
+        "answers",
+        "buffer",
+        "detached_at",
+        "history",
+        "connection",
+        "id",
+        "inflight",
+        "max_answers",
+        "seq",
+        "user",
+    )
+
+    def __init__(self, session_id: str, user: str, settings: SessionSettings) -> None:
+        self.id = session_id
+        self.user = user
+        self.seq = 0
+        self.buffer: deque[tuple[int, float, str]] = deque(maxlen=settings.buffer_events)
+        self.answers: OrderedDict[str, str] = OrderedDict()
+        self.max_answers = settings.max_answered_ids
+        self.inflight: dict[str, ChatRun] = {}
+        self.history: deque[Turn] = deque(maxlen=2 * settings.history_turns)
+        self.connection: Connection | None = None
+        self.detached_at: float | None = time.monotonic()
+
+    def publish(self, make: Callable[[int], Any]) -> str:
+        """Emit a replayable event: give it the next ``seq``, keep it, send it if attached."""
+        self.seq += 1
+        frame = encode(make(self.seq))
+        if self.buffer.maxlen:
+            self.buffer.append((self.seq, time.monotonic(), frame))
+        if self.connection is not None:
+            self.connection.send(frame)
+        return frame
+
+    def send_live(self, frame: str) -> None:
+        """Emit a non-replayable frame (``agent_delta``, ``pong``) to whoever is attached."""
+        if self.connection is not None:
+            self.connection.send(frame)
+
+    def remember_answer(self, chat_id: str, frame: str) -> None:
+        if not self.max_answers:
+            return
+        self.answers[chat_id] = frame
+        if len(self.answers) > self.max_answers:
+            self.answers.popitem(last=False)
+
+    def replay_after(self, last_seq: int, max_age_s: float) -> list[str] | None:
+        """The kept frames after ``last_seq``, or None when the gap cannot be filled."""
+        if last_seq < 0 or last_seq > self.seq:
+            return None
+        horizon = time.monotonic() - max_age_s
+        while self.buffer and self.buffer[0][1] < horizon:
+            self.buffer.popleft()
+        if last_seq == self.seq:
+            return []
+        if not self.buffer or self.buffer[0][0] > last_seq + 1:
+            return None
+        return [frame for seq, _, frame in self.buffer if seq > last_seq]
+
+
+class SessionManager:
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, user: str) -> Session:
+        session = Session(uuid.uuid4().hex, user, self.settings)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def attach(self, session: Session, conn: Connection) -> Connection | None:
+        """Bind ``conn``; returns a connection that held the session before (to be closed)."""
+        previous = session.connection
+        session.connection = conn
+        session.detached_at = None
+        conn.session = session
+        return previous if previous is not conn else None
+
+    def detach(self, session: Session, conn: Connection) -> None:
+        if session.connection is conn:
+            session.connection = None
+            session.detached_at = time.monotonic()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop sessions detached for longer than the TTL; cancel what they still run."""
+        now = time.monotonic() if now is None else now
+        horizon = now - self.settings.ttl_s
+        expired = [
+            s for s in self._sessions.values()
+            if s.detached_at is not None and s.detached_at < horizon
+        ]
+        for session in expired:
+            for run in session.inflight.values():
+                run.task.cancel()
+            del self._sessions[session.id]
+        return len(expired)
+
+    def drop(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+
+    def inflight(self) -> int:
+        return sum(len(s.inflight) for s in self._sessions.values())
+
+    def runs(self) -> list[ChatRun]:
+        return [run for s in self._sessions.values() for run in s.inflight.values()]

@@ -1,0 +1,165 @@
+"""Shared fixtures: real servers on ephemeral loopback ports, tokens, settings.
+
+``gateway`` runs the real app (``create_app``) on a real TCP socket in the test's loop;
+``spawn_server`` runs ``python -m qa_ws_cli serve`` as its own process for end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from qa_ws_cli.agents.base import Agent
+from qa_ws_cli.agents.builtin import DemoAgent
+from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.config import Settings, load_settings
+from qa_ws_cli.server.app import create_app
+from qa_ws_cli.server.gateway import GATEWAY, Gateway
+
+SECRET = "test-secret-" + "x" * 40
+
+
+def make_settings(tmp_path: Path, **sections: Any) -> Settings:
+    """Settings for tests: a known secret, port 0, revocations in tmp_path; overrides by section."""
+    base: dict[str, Any] = {
+        "server": {"port": 0},
+        "security": {"secret_key": SECRET,
+                     "authentication": {"revocation_file": str(tmp_path / "revoked.jsonl")}},
+        "agent": {"demo_latency_ms": 20},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _deep(base[key], value)
+        else:
+            base[key] = value
+    return load_settings(Path(os.devnull), base, environ={}).settings
+
+
+def _deep(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@dataclass
+class Running:
+    app: web.Application
+    url: str  # ws://127.0.0.1:PORT/ws
+    http: str  # http://127.0.0.1:PORT
+    settings: Settings
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+    def token(self, sub: str = "alice", **kwargs: Any) -> str:
+        return issue_token(self.settings, sub, **kwargs)[0]
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(settings: Settings, agent: Agent | None = None) -> AsyncIterator[Running]:
+    app = create_app(settings, agent or DemoAgent(latency_ms=settings.agent.demo_latency_ms))
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Running(app, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", settings)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Running]:
+    async with run_gateway(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+# -- a real server process -------------------------------------------------------------------
+
+_READY = re.compile(r"listening on (wss?://\S+)")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WEBSOCKET_SECRET_KEY=SECRET,
+        WEBSOCKET_SECURITY__AUTHENTICATION__REVOCATION_FILE=str(tmp_path / "revoked.jsonl"),
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> ServerProcess:
+        log = tmp_path / f"server-{len(started)}.log"
+        fh = log.open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", *args],
+            stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            env=env or server_env(tmp_path),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _READY.search(log.read_text())
+            if match:
+                server = ServerProcess(proc, match.group(1), log)
+                started.append(server)
+                return server
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.kill()
+        raise AssertionError(f"server did not start:\n{log.read_text()}")
+
+    yield spawn
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(5)
