@@ -153,8 +153,13 @@ class LoadedSettings:
     config_file: Path | None = None
 
 
-def _merge(into: dict[str, Any], layer: dict[str, Any], origin: str,
-           origins: dict[str, str], prefix: str = "") -> None:
+def _merge(
+    into: dict[str, Any],
+    layer: dict[str, Any],
+    origin: str,
+    origins: dict[str, str],
+    prefix: str = "",
+) -> None:
     for key, value in layer.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -172,7 +177,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=str(path)) from None
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror}", path=str(path)
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}", path=str(path)) from None
     if data is None:
@@ -259,8 +266,8 @@ def flatten(settings: Settings) -> dict[str, Any]:
 def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
     """Authentication needs a strong key; ``--dev`` makes an ephemeral one instead."""
     auth = settings.security.authentication
-    if not settings.security.authentication.enabled or auth.algorithm != "HS256" and (
-        auth.public_key_file or auth.jwks_url
+    if not settings.security.authentication.enabled or (
+        auth.algorithm != "HS256" and (auth.public_key_file or auth.jwks_url)
     ):
         return settings
     secret = settings.secret()

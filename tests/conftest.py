@@ -36,8 +36,10 @@ def make_settings(tmp_path: Path, **sections: Any) -> Settings:
     """Settings for tests: a known secret, port 0, revocations in tmp_path; overrides by section."""
     base: dict[str, Any] = {
         "server": {"port": 0},
-        "security": {"secret_key": SECRET,
-                     "authentication": {"revocation_file": str(tmp_path / "revoked.jsonl")}},
+        "security": {
+            "secret_key": SECRET,
+            "authentication": {"revocation_file": str(tmp_path / "revoked.jsonl")},
+        },
         "agent": {"demo_latency_ms": 20},
     }
     for key, value in sections.items():
@@ -137,12 +139,17 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> ServerProcess:
+    def spawn(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 20.0
+    ) -> ServerProcess:
         log = tmp_path / f"server-{len(started)}.log"
         fh = log.open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", *args],
-            stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
             env=env or server_env(tmp_path),
         )
         deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ pieces; an agent implements either and gets the other for free. ``check`` answer
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,7 +28,7 @@ class ChatContext:
     history: Sequence[Turn] = field(default_factory=tuple)
 
 
-class Agent(ABC):
+class Agent:
     """Subclass and implement ``stream`` (preferred) or ``chat``."""
 
     name: str = "agent"

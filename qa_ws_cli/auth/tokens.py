@@ -68,7 +68,11 @@ _REASONS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.InvalidAudienceError, HandshakeError.INVALID_TOKEN, "the token has the wrong audience"),
     (jwt.InvalidIssuerError, HandshakeError.INVALID_TOKEN, "the token has the wrong issuer"),
     (jwt.InvalidSignatureError, HandshakeError.INVALID_TOKEN, "the token's signature is invalid"),
-    (jwt.InvalidAlgorithmError, HandshakeError.INVALID_TOKEN, "the token's algorithm is not allowed"),
+    (
+        jwt.InvalidAlgorithmError,
+        HandshakeError.INVALID_TOKEN,
+        "the token's algorithm is not allowed",
+    ),
     (jwt.PyJWKClientError, HandshakeError.INVALID_TOKEN, "no signing key matches the token"),
 )
 

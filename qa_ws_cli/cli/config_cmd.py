@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from qa_ws_cli.cli.common import ConfigOption, fail, out_console, settings_from
-from qa_ws_cli.config import ConfigError, flatten, validate_file
+from qa_ws_cli.config import flatten, validate_file
+from qa_ws_cli.errors import ConfigError
 
 app = typer.Typer(help="Inspect and check configuration.", no_args_is_help=True)
 
@@ -28,8 +29,12 @@ def show(
     values = flatten(loaded.settings)
     rows = [(path, value, loaded.origins.get(path, "default")) for path, value in values.items()]
     if as_json:
-        out_console.print_json(json.dumps(
-            {path: {"value": value, "source": source} for path, value, source in rows}, default=str))
+        out_console.print_json(
+            json.dumps(
+                {path: {"value": value, "source": source} for path, value, source in rows},
+                default=str,
+            )
+        )
         return
     title = f"qa-ws configuration (file: {loaded.config_file or 'none'})"
     table = Table(title=title, show_lines=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import Annotated
 
@@ -11,7 +10,7 @@ import typer
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.common import ConfigOption, err_console, exit_code_for, fail, settings_from
-from qa_ws_cli.client.connection import Carrier, ClientOptions, QaWsClient
+from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.config import Settings
 from qa_ws_cli.errors import QaWsError
 
@@ -35,16 +34,34 @@ def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str
 
 
 def command(
-    message: Annotated[str, typer.Argument(help="The question, or - to send stdin's lines one by one.")],
-    url: Annotated[str | None, typer.Option("--url", help="Server URL (default from config).")] = None,
-    token: Annotated[str | None, typer.Option("--token", "-t", envvar="QA_WS_TOKEN",
-                                              help="JWT to present (env QA_WS_TOKEN).")] = None,
-    sub: Annotated[str | None, typer.Option("--sub", help="Mint a token for this user (needs the secret).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print every received event as one JSON line.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each answer.")] = 60.0,
-    carrier: Annotated[str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")] = "header",
+    message: Annotated[
+        str, typer.Argument(help="The question, or - to send stdin's lines one by one.")
+    ],
+    url: Annotated[
+        str | None, typer.Option("--url", help="Server URL (default from config).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."
+        ),
+    ] = None,
+    sub: Annotated[
+        str | None, typer.Option("--sub", help="Mint a token for this user (needs the secret).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every received event as one JSON line.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for each answer.")
+    ] = 60.0,
+    carrier: Annotated[
+        str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")
+    ] = "header",
     origin: Annotated[str | None, typer.Option("--origin", help="Origin header to send.")] = None,
-    reconnect: Annotated[bool, typer.Option("--reconnect/--no-reconnect", help="Resume after a lost connection.")] = True,
+    reconnect: Annotated[
+        bool, typer.Option("--reconnect/--no-reconnect", help="Resume after a lost connection.")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Send a message and stream the agent's answer to stdout; exit 0 after agent_response.
@@ -85,7 +102,9 @@ def command(
         raise typer.Exit(130) from None
 
 
-async def _send_all(options: ClientOptions, messages: list[str], as_json: bool, timeout: float) -> None:
+async def _send_all(
+    options: ClientOptions, messages: list[str], as_json: bool, timeout: float
+) -> None:
     client = QaWsClient(options)
     out = sys.stdout
     if as_json:
@@ -108,4 +127,3 @@ async def _send_all(options: ClientOptions, messages: list[str], as_json: bool, 
                 out.flush()
     finally:
         await client.close()
-

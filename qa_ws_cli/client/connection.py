@@ -23,7 +23,13 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
-from qa_ws_cli.errors import ClientTimeout, ConnectionLost, HandshakeRefused, ServerError
+from qa_ws_cli.errors import (
+    ClientTimeout,
+    ConnectionLost,
+    HandshakeRefused,
+    ProtocolError,
+    ServerError,
+)
 from qa_ws_cli.protocol.codec import decode_server
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL, CloseCode
 from qa_ws_cli.protocol.events import (
@@ -38,7 +44,12 @@ from qa_ws_cli.protocol.events import (
 Carrier = Literal["header", "subprotocol", "query"]
 # closes after which reconnecting would only be refused again
 _FINAL_CLOSES = frozenset(
-    {CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG, CloseCode.TOKEN_REVOKED}
+    {
+        CloseCode.NORMAL,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.TOKEN_REVOKED,
+    }
 )
 
 
@@ -75,7 +86,8 @@ def _describe_refusal(exc: aiohttp.WSServerHandshakeError, body: bytes | None) -
     retry = exc.headers.get("Retry-After") if exc.headers else None
     return HandshakeRefused(
         f"handshake refused: HTTP {exc.status} {error}: {detail}",
-        status=exc.status, error=error,
+        status=exc.status,
+        error=error,
         retry_after=float(retry) if retry and retry.isdigit() else None,
     )
 
@@ -136,8 +148,12 @@ class QaWsClient:
         try:
             ws = await asyncio.wait_for(
                 self._http.ws_connect(
-                    url, headers=headers, protocols=protocols, origin=self.options.origin,
-                    max_msg_size=0, ssl=self.options.ssl,
+                    url,
+                    headers=headers,
+                    protocols=protocols,
+                    origin=self.options.origin,
+                    max_msg_size=0,
+                    ssl=self.options.ssl,
                 ),
                 self.options.connect_timeout,
             )
@@ -166,8 +182,12 @@ class QaWsClient:
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
         return event
 
-    async def _capture_refusal(self, session: aiohttp.ClientSession, ctx: SimpleNamespace,
-                               params: aiohttp.TraceRequestEndParams) -> None:
+    async def _capture_refusal(
+        self,
+        session: aiohttp.ClientSession,
+        ctx: SimpleNamespace,
+        params: aiohttp.TraceRequestEndParams,
+    ) -> None:
         """aiohttp drops a refused handshake's body; keep it for the error message."""
         if params.response.status != 101:
             with contextlib.suppress(Exception):
@@ -191,8 +211,8 @@ class QaWsClient:
                 continue
             try:
                 event = decode_server(msg.data)
-            except Exception:
-                continue
+            except ProtocolError:
+                continue  # a newer server's event this client does not know: skip it
             seq = getattr(event, "seq", None)
             if seq is not None:
                 if seq <= self.last_seq:
@@ -214,9 +234,14 @@ class QaWsClient:
         elif isinstance(event, ErrorEvent) and event.reply_to is not None:
             pending = self._pending.pop(event.reply_to, None)
             if pending is not None and not pending.future.done():
-                pending.future.set_exception(ServerError(
-                    f"{event.code}: {event.message}", code=event.code,
-                    reply_to=event.reply_to, retry_after=event.retry_after))
+                pending.future.set_exception(
+                    ServerError(
+                        f"{event.code}: {event.message}",
+                        code=event.code,
+                        reply_to=event.reply_to,
+                        retry_after=event.retry_after,
+                    )
+                )
         elif isinstance(event, Pong):
             waiter = self._pings.pop(event.reply_to, None)
             if waiter is not None and not waiter.done():
@@ -228,8 +253,9 @@ class QaWsClient:
             return
         self._set_state("disconnected")
         can_refresh = code == CloseCode.TOKEN_EXPIRED and self.options.token_factory is not None
-        if self.options.reconnect and (code not in _FINAL_CLOSES and
-                                       (code != CloseCode.TOKEN_EXPIRED or can_refresh)):
+        if self.options.reconnect and (
+            code not in _FINAL_CLOSES and (code != CloseCode.TOKEN_EXPIRED or can_refresh)
+        ):
             with contextlib.suppress(Exception):
                 await self._reconnect()
                 return
@@ -279,7 +305,10 @@ class QaWsClient:
             await self._ws.send_str(json.dumps(frame))
 
     async def send_chat(
-        self, content: str, *, msg_id: str | None = None,
+        self,
+        content: str,
+        *,
+        msg_id: str | None = None,
         on_delta: Callable[[str], None] | None = None,
     ) -> asyncio.Future[AgentResponse]:
         """Send one chat message; the future resolves with its ``agent_response``."""
@@ -289,8 +318,13 @@ class QaWsClient:
         await self._send({"type": "chat_message", "id": msg_id, "content": content})
         return future
 
-    async def ask(self, content: str, *, timeout: float | None = None,
-                  on_delta: Callable[[str], None] | None = None) -> AgentResponse:
+    async def ask(
+        self,
+        content: str,
+        *,
+        timeout: float | None = None,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> AgentResponse:
         future = await self.send_chat(content, on_delta=on_delta)
         try:
             return await asyncio.wait_for(future, timeout)
@@ -333,7 +367,9 @@ class QaWsClient:
     async def drop(self) -> None:
         """Cut the transport without a close frame, as a network failure would (for tests)."""
         if self._ws is not None:
-            transport = self._ws._response.connection.transport if self._ws._response.connection else None
+            transport = (
+                self._ws._response.connection.transport if self._ws._response.connection else None
+            )
             if transport is not None:
                 transport.abort()
 

@@ -59,9 +59,7 @@ def decode_server(text: str | bytes) -> ServerEvent:
     try:
         return _server_adapter.validate_json(text)
     except ValidationError:
-        raise ProtocolError(
-            "the server sent a frame this client does not understand"
-        ) from None
+        raise ProtocolError("the server sent a frame this client does not understand") from None
 
 
 def encode(event: Any) -> str:

@@ -12,6 +12,7 @@ from qa_ws_cli.agents.base import Agent
 from qa_ws_cli.config import Settings
 from qa_ws_cli.server import handlers
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.middlewares import (
     auth_middleware,
     caps_middleware,
@@ -57,6 +58,6 @@ async def _drain(app: web.Application) -> None:
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers["X-Request-ID"] = request_id

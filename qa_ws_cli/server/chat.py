@@ -55,6 +55,9 @@ class FrameHandler:
         self.agent = gateway.agent
         self.streams = streams(gateway.agent)
         self.log = logging.getLogger("qa_ws.chat")
+        self.running = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._dispatch: dict[type[Any], Callable[[Connection, Any], Awaitable[None]]] = {
             ChatMessage: self.on_chat,
             Ping: self.on_ping,
@@ -74,7 +77,9 @@ class FrameHandler:
 
     def on_binary(self, conn: Connection) -> None:
         self.gw.metrics.frames_bad.inc()
-        self.error(conn, ErrorCode.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text")
+        self.error(
+            conn, ErrorCode.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"
+        )
 
     async def on_ping(self, conn: Connection, event: Ping) -> None:
         self.gw.metrics.frames_ping.inc()
@@ -120,7 +125,10 @@ class FrameHandler:
             retry_after = await gw.limiter.hit(conn.user)
             if retry_after is not None:
                 self.error(
-                    conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", msg.id,
+                    conn,
+                    ErrorCode.RATE_LIMITED,
+                    "too many messages; slow down",
+                    msg.id,
                     retry_after=retry_after,
                 )
                 if gw.limiter.abusive(conn.rejections, time.monotonic()):
@@ -139,6 +147,8 @@ class FrameHandler:
             )
             return
         conn.inflight += 1
+        self.running += 1
+        self.idle.clear()
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._run(session, conn, msg, started))
         session.inflight[msg.id] = ChatRun(task=task, started=started, origin=conn)
@@ -146,7 +156,9 @@ class FrameHandler:
 
     # -- answers -------------------------------------------------------------------------
 
-    async def _run(self, session: Session, conn: Connection, msg: ChatMessage, started: float) -> None:
+    async def _run(
+        self, session: Session, conn: Connection, msg: ChatMessage, started: float
+    ) -> None:
         gw = self.gw
         context = ChatContext(session.id, session.user, msg.id, tuple(session.history))
         code: str | None = None
@@ -178,7 +190,14 @@ class FrameHandler:
             code = ErrorCode.AGENT_ERROR
             gw.log.exception(
                 "agent raised",
-                extra={"fields": {"user": session.user, "session": session.id, "connection": conn.id, "reply_to": msg.id}},
+                extra={
+                    "fields": {
+                        "user": session.user,
+                        "session": session.id,
+                        "connection": conn.id,
+                        "reply_to": msg.id,
+                    }
+                },
             )
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         self._finish(session, conn, msg.id)
@@ -195,13 +214,22 @@ class FrameHandler:
             message = detail or _SAFE_MESSAGES.get(ErrorCode(code), "the agent failed to answer")
             self.publish_error(session, code, message, msg.id)
         log_event(
-            self.log, "chat", user=session.user, connection=conn.id, session=session.id,
-            reply_to=msg.id, latency_ms=latency_ms, outcome=code or "ok",
+            self.log,
+            "chat",
+            user=session.user,
+            connection=conn.id,
+            session=session.id,
+            reply_to=msg.id,
+            latency_ms=latency_ms,
+            outcome=code or "ok",
         )
 
     def _finish(self, session: Session, conn: Connection, chat_id: str) -> None:
         if session.inflight.pop(chat_id, None) is not None:
             conn.inflight -= 1
+            self.running -= 1
+            if not self.running:
+                self.idle.set()
             self.gw.metrics.inflight.dec()
 
     # -- errors --------------------------------------------------------------------------
@@ -211,19 +239,25 @@ class FrameHandler:
         conn: Connection,
         code: str,
         message: str,
-        reply_to: str | None,
+        reply_to: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         """An error to this connection; with ``reply_to`` it is a session event with ``seq``."""
-        if reply_to is not None and conn.session is not None:
-            if conn.session.connection is conn:
-                self.publish_error(conn.session, code, message, reply_to, retry_after)
-                return
+        session = conn.session
+        if reply_to is not None and session is not None and session.connection is conn:
+            self.publish_error(session, code, message, reply_to, retry_after)
+            return
         self.gw.metrics.errors[code].inc()
-        conn.send(encode(ErrorEvent(code=code, message=message, reply_to=None, retry_after=retry_after)))
+        conn.send(
+            encode(ErrorEvent(code=code, message=message, reply_to=None, retry_after=retry_after))
+        )
 
     def publish_error(
-        self, session: Session, code: str, message: str, reply_to: str,
+        self,
+        session: Session,
+        code: str,
+        message: str,
+        reply_to: str,
         retry_after: float | None = None,
     ) -> None:
         self.gw.metrics.errors[code].inc()

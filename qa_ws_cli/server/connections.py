@@ -8,6 +8,7 @@ read fills its queue and is closed with 1008, without stalling anything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -113,10 +114,8 @@ class Connection:
     async def close(self, code: int, reason: str) -> None:
         self.closing = True
         await self.flush(timeout=2.0)
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # already gone
             await self.ws.close(code=code, message=reason.encode()[:120])
-        except (ConnectionError, RuntimeError):  # already gone
-            pass
 
     def cancel_timers(self) -> None:
         for timer in self.timers:

@@ -62,15 +62,25 @@ class Gateway:
             "max_requests_per_minute": rl.max_requests_per_minute if rl.enabled else None,
             "heartbeat_s": lim.heartbeat_s,
         }
-        self.server_info = {"name": settings.server.name, "instance": self.instance,
-                            "version": __version__, "protocol": PROTOCOL_VERSION}
+        self.server_info = {
+            "name": settings.server.name,
+            "instance": self.instance,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+        }
 
     # -- connection lifetime ---------------------------------------------------------------
 
     def overflowed(self, conn: Connection) -> None:
         self.metrics.slow_consumers.inc()
-        log_event(self.log, "slow_consumer", logging.WARNING, user=conn.user, connection=conn.id,
-                  queued_bytes=conn.queued_bytes)
+        log_event(
+            self.log,
+            "slow_consumer",
+            logging.WARNING,
+            user=conn.user,
+            connection=conn.id,
+            queued_bytes=conn.queued_bytes,
+        )
 
     def schedule_token_timers(self, conn: Connection, claims: Claims) -> None:
         if self.verifier is None:
@@ -80,9 +90,14 @@ class Gateway:
         notice = self.settings.security.authentication.expiring_notice_s
         expires_at = utc_timestamp(claims.exp)
         if notice and left > notice:
-            conn.timers.append(loop.call_later(left - notice, self._token_expiring, conn, expires_at))
-        conn.timers.append(loop.call_later(max(left, 0.0), conn.start_close,
-                                           CloseCode.TOKEN_EXPIRED, "token expired"))
+            conn.timers.append(
+                loop.call_later(left - notice, self._token_expiring, conn, expires_at)
+            )
+        conn.timers.append(
+            loop.call_later(
+                max(left, 0.0), conn.start_close, CloseCode.TOKEN_EXPIRED, "token expired"
+            )
+        )
 
     @staticmethod
     def _token_expiring(conn: Connection, expires_at: str) -> None:
@@ -112,7 +127,9 @@ class Gateway:
         for conn in self.connections:
             session = conn.session
             if session is not None and session.connection is conn and not conn.closing:
-                session.publish(lambda seq: SystemEvent(event="broadcast", message=message, seq=seq))
+                session.publish(
+                    lambda seq: SystemEvent(event="broadcast", message=message, seq=seq)
+                )
                 delivered += 1
         self.metrics.broadcasts.inc()
         return delivered
@@ -150,16 +167,22 @@ class Gateway:
             return
         self.draining = True
         sd = self.settings.shutdown
-        log_event(self.log, "draining", connections=len(self.connections),
-                  in_flight=self.sessions.inflight())
+        log_event(
+            self.log,
+            "draining",
+            connections=len(self.connections),
+            in_flight=self.sessions.inflight(),
+        )
         for conn in self.connections:
             session = conn.session
             if session is not None and session.connection is conn:
-                session.publish(lambda seq: SystemEvent(
-                    event="shutdown", reconnect_after_ms=sd.reconnect_after_ms, seq=seq))
-        deadline = time.monotonic() + sd.drain_timeout_s
-        while self.sessions.inflight() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+                session.publish(
+                    lambda seq: SystemEvent(
+                        event="shutdown", reconnect_after_ms=sd.reconnect_after_ms, seq=seq
+                    )
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.frames.idle.wait(), sd.drain_timeout_s)
         for run in self.sessions.runs():  # past the deadline: stop what is left
             run.task.cancel()
         await self.connections.close_all(CloseCode.GOING_AWAY, "server shutting down")

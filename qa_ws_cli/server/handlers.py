@@ -16,10 +16,15 @@ from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.sessions import Session
 
+_CSP = (
+    "default-src 'self'; connect-src 'self' ws: wss:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+)
 _CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 
 
@@ -32,15 +37,20 @@ def _resume_point(request: web.Request) -> tuple[str | None, int]:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    claims = request["claims"]
+    claims = request[CLAIMS]
     session_id, last_seq = _resume_point(request)
     session: Session | None = None
     replay: list[str] = []
     if session_id is not None:
         existing = gw.sessions.get(session_id)
         if existing is not None and existing.user != claims.sub:
-            return refusal(gw, request, 403, HandshakeError.SESSION_FORBIDDEN,
-                           "this session belongs to another user")
+            return refusal(
+                gw,
+                request,
+                403,
+                HandshakeError.SESSION_FORBIDDEN,
+                "this session belongs to another user",
+            )
         if existing is not None:
             kept = existing.replay_after(last_seq, gw.settings.sessions.buffer_age_s)
             if kept is not None:
@@ -64,17 +74,35 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     previous = gw.sessions.attach(session, conn)
     if previous is not None:
         previous.start_close(CloseCode.NORMAL, "session resumed on another connection")
-    conn.send(encode(SystemEvent(
-        event="connected", session_id=session.id, connection_id=conn.id, user=conn.user,
-        resumed=resumed, replayed=len(replay), server=gw.server_info, limits=gw.limits_info,
-    )))
+    conn.send(
+        encode(
+            SystemEvent(
+                event="connected",
+                session_id=session.id,
+                connection_id=conn.id,
+                user=conn.user,
+                resumed=resumed,
+                replayed=len(replay),
+                server=gw.server_info,
+                limits=gw.limits_info,
+            )
+        )
+    )
     for frame in replay:
         conn.send(frame)
     gw.schedule_token_timers(conn, claims)
     gw.metrics.connects.labels(str(resumed).lower()).inc()
     gw.metrics.connections.inc()
-    log_event(gw.log, "connect", request_id=request["request_id"], user=conn.user,
-              connection=conn.id, session=session.id, resumed=resumed, replayed=len(replay))
+    log_event(
+        gw.log,
+        "connect",
+        request_id=request[REQUEST_ID],
+        user=conn.user,
+        connection=conn.id,
+        session=session.id,
+        resumed=resumed,
+        replayed=len(replay),
+    )
     started = time.monotonic()
     frames = gw.frames
     try:
@@ -100,9 +128,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             for run in list(session.inflight.values()):  # the user left: stop the agent
                 if run.origin is conn:
                     run.task.cancel()
-        log_event(gw.log, "disconnect", request_id=request["request_id"], user=conn.user,
-                  connection=conn.id, session=session.id, close_code=code,
-                  duration_s=round(time.monotonic() - started, 3))
+        log_event(
+            gw.log,
+            "disconnect",
+            request_id=request[REQUEST_ID],
+            user=conn.user,
+            connection=conn.id,
+            session=session.id,
+            close_code=code,
+            duration_s=round(time.monotonic() - started, 3),
+        )
     return ws
 
 
@@ -116,8 +151,11 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {"accepting": not gw.draining, "agent": agent_ok, "store": store_ok}
     ready = all(checks.values())
     return web.json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks,
-         "connections": len(gw.connections)},
+        {
+            "status": "ready" if ready else "not_ready",
+            "checks": checks,
+            "connections": len(gw.connections),
+        },
         status=200 if ready else 503,
     )
 
@@ -132,13 +170,16 @@ async def _store_ok(gw: Gateway) -> bool:
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
 
 
 async def index(request: web.Request) -> web.Response:
     page = resources.files("qa_ws_cli.server.web").joinpath("index.html").read_text("utf-8")
-    return web.Response(text=page, content_type="text/html",
-                        headers={"Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+    return web.Response(
+        text=page, content_type="text/html", headers={"Content-Security-Policy": _CSP}
+    )
 
 
 async def admin_broadcast(request: web.Request) -> web.Response:
@@ -146,13 +187,23 @@ async def admin_broadcast(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return web.json_response({"error": "invalid_json", "detail": "the body must be JSON"}, status=400)
+        return web.json_response(
+            {"error": "invalid_json", "detail": "the body must be JSON"}, status=400
+        )
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip() or len(message) > 4000:
         return web.json_response(
-            {"error": "invalid_message", "detail": "'message' must be a non-empty string (max 4000)"},
-            status=400)
+            {
+                "error": "invalid_message",
+                "detail": "'message' must be a non-empty string (max 4000)",
+            },
+            status=400,
+        )
     delivered = await gw.store.broadcast(message)
-    log_event(logging.getLogger("qa_ws.server"), "broadcast", user=request["claims"].sub,
-              delivered_to=delivered)
+    log_event(
+        logging.getLogger("qa_ws.server"),
+        "broadcast",
+        user=request[CLAIMS].sub,
+        delivered_to=delivered,
+    )
     return web.json_response({"delivered_to": delivered}, status=202)

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from qa_ws_cli.config import LoggingSettings
+from qa_ws_cli.server.keys import REQUEST_ID
 
 _TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.IGNORECASE)
 _JWT_RE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
@@ -74,7 +75,7 @@ class AccessLogger(AbstractAccessLogger):
         log_event(
             self.logger,
             "http",
-            request_id=request.get("request_id", "-"),
+            request_id=request.get(REQUEST_ID, "-"),
             remote=request.remote,
             method=request.method,
             path=redact(request.path_qs),

@@ -20,7 +20,9 @@ class Metrics:
         self.refused = Counter(
             "qa_ws_handshakes_refused", "Refused handshakes by error", ["error"], registry=r
         )
-        self.closes = Counter("qa_ws_closes", "Closed connections by close code", ["code"], registry=r)
+        self.closes = Counter(
+            "qa_ws_closes", "Closed connections by close code", ["code"], registry=r
+        )
         frames = Counter("qa_ws_frames_received", "Client frames by type", ["type"], registry=r)
         self.frames_chat = frames.labels("chat_message")
         self.frames_ping = frames.labels("ping")

@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 
 from qa_ws_cli.auth.tokens import Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
 from qa_ws_cli.server.logs import log_event
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 WS_PATH = "/ws"
 ADMIN_PREFIX = "/admin/"
@@ -29,12 +29,23 @@ log = logging.getLogger("qa_ws.server")
 
 
 def refusal(
-    gw: Gateway, request: web.Request, status: int, error: str, detail: str,
-    headers: dict[str, str] | None = None,
+    gw: Gateway,
+    request: web.Request,
+    status: int,
+    error: str,
+    detail: str,
+    headers: Mapping[Any, str] | None = None,
 ) -> web.Response:
     gw.metrics.refused.labels(error).inc()
-    log_event(log, "refused", request_id=request.get("request_id", "-"), remote=request.remote,
-              path=request.path, status=status, error=error)
+    log_event(
+        log,
+        "refused",
+        request_id=request.get(REQUEST_ID, "-"),
+        remote=request.remote,
+        path=request.path,
+        status=status,
+        error=error,
+    )
     return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
@@ -46,7 +57,7 @@ def request_id_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("X-Request-ID", "")
-        request["request_id"] = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex[:16]
         return await handler(request)
 
     return middleware
@@ -59,8 +70,13 @@ def origin_middleware(origins: list[str]) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is not None and origin not in allowed and _guarded(request.path):
-            return refusal(request.app[GATEWAY], request, 403, HandshakeError.ORIGIN_NOT_ALLOWED,
-                           "this origin is not in the server's allowlist")
+            return refusal(
+                request.app[GATEWAY],
+                request,
+                403,
+                HandshakeError.ORIGIN_NOT_ALLOWED,
+                "this origin is not in the server's allowlist",
+            )
         return await handler(request)
 
     return middleware
@@ -74,7 +90,7 @@ def bearer_token(request: web.Request) -> str | None:
     for offered in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(","):
         offered = offered.strip()
         if offered.startswith(BEARER_PREFIX) and len(offered) > len(BEARER_PREFIX):
-            return offered[len(BEARER_PREFIX):]
+            return offered[len(BEARER_PREFIX) :]
     return request.query.get("token") or None
 
 
@@ -86,31 +102,56 @@ def auth_middleware() -> Middleware:
         gw = request.app[GATEWAY]
         needed = "admin" if request.path.startswith(ADMIN_PREFIX) else "chat"
         if gw.verifier is None:
-            request["claims"] = Claims(
-                sub=f"anonymous@{request.remote}", exp=float("inf"), iat=0.0, jti=None,
-                scopes=frozenset({"chat"}), raw={},
+            request[CLAIMS] = Claims(
+                sub=f"anonymous@{request.remote}",
+                exp=float("inf"),
+                iat=0.0,
+                jti=None,
+                scopes=frozenset({"chat"}),
+                raw={},
             )
             if needed == "admin":
-                return refusal(gw, request, 403, HandshakeError.INSUFFICIENT_SCOPE,
-                               "the admin API needs authentication to be enabled")
+                return refusal(
+                    gw,
+                    request,
+                    403,
+                    HandshakeError.INSUFFICIENT_SCOPE,
+                    "the admin API needs authentication to be enabled",
+                )
             return await handler(request)
         challenge = {hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'}
         token = bearer_token(request)
         if token is None:
-            return refusal(gw, request, 401, HandshakeError.MISSING_TOKEN,
-                           "send a token: Authorization: Bearer, subprotocol bearer.<jwt>, or ?token=",
-                           challenge)
+            return refusal(
+                gw,
+                request,
+                401,
+                HandshakeError.MISSING_TOKEN,
+                "send a token: Authorization: Bearer, subprotocol bearer.<jwt>, or ?token=",
+                challenge,
+            )
         try:
             claims = await gw.verifier.averify(token)
         except AuthError as exc:
             return refusal(gw, request, 401, exc.code, exc.message, challenge)
         if gw.revocations.is_revoked(claims.jti):
-            return refusal(gw, request, 401, HandshakeError.TOKEN_REVOKED,
-                           "this token has been revoked", challenge)
+            return refusal(
+                gw,
+                request,
+                401,
+                HandshakeError.TOKEN_REVOKED,
+                "this token has been revoked",
+                challenge,
+            )
         if not claims.has_scope(needed):
-            return refusal(gw, request, 403, HandshakeError.INSUFFICIENT_SCOPE,
-                           f"the token lacks the '{needed}' scope")
-        request["claims"] = claims
+            return refusal(
+                gw,
+                request,
+                403,
+                HandshakeError.INSUFFICIENT_SCOPE,
+                f"the token lacks the '{needed}' scope",
+            )
+        request[CLAIMS] = claims
         return await handler(request)
 
     return middleware
@@ -125,18 +166,34 @@ def caps_middleware() -> Middleware:
             return await handler(request)
         gw = request.app[GATEWAY]
         if gw.draining:
-            return refusal(gw, request, 503, HandshakeError.DRAINING,
-                           "the server is shutting down; reconnect shortly",
-                           {hdrs.RETRY_AFTER: str(max(1, gw.settings.shutdown.reconnect_after_ms // 1000))})
-        user = request["claims"].sub
+            return refusal(
+                gw,
+                request,
+                503,
+                HandshakeError.DRAINING,
+                "the server is shutting down; reconnect shortly",
+                {hdrs.RETRY_AFTER: str(max(1, gw.settings.shutdown.reconnect_after_ms // 1000))},
+            )
+        user = request[CLAIMS].sub
         refused = gw.connections.reserve(user)
         if refused == HandshakeError.SERVER_FULL:
-            return refusal(gw, request, 503, refused, "the server is at its connection limit",
-                           {hdrs.RETRY_AFTER: "5"})
+            return refusal(
+                gw,
+                request,
+                503,
+                refused,
+                "the server is at its connection limit",
+                {hdrs.RETRY_AFTER: "5"},
+            )
         if refused is not None:
-            return refusal(gw, request, 429, refused,
-                           f"at most {gw.connections.max_per_user} connections per user",
-                           {hdrs.RETRY_AFTER: "5"})
+            return refusal(
+                gw,
+                request,
+                429,
+                refused,
+                f"at most {gw.connections.max_per_user} connections per user",
+                {hdrs.RETRY_AFTER: "5"},
+            )
         try:
             return await handler(request)
         finally:

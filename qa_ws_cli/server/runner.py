@@ -1,4 +1,4 @@
-"""Run the app until a signal: the first SIGTERM/SIGINT drains gracefully, a second stops at once."""
+"""Run the app until a signal: the first SIGTERM/SIGINT drains, a second one stops at once."""
 
 from __future__ import annotations
 
@@ -27,13 +27,16 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if tls.certfile is None and tls.keyfile is None:
         return None
     if tls.certfile is None or tls.keyfile is None:
-        raise ConfigError("TLS needs both server.ssl.certfile and keyfile", path="websocket.server.ssl")
+        raise ConfigError(
+            "TLS needs both server.ssl.certfile and keyfile", path="websocket.server.ssl"
+        )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(tls.certfile, tls.keyfile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate or key: {exc}",
-                          path="websocket.server.ssl") from None
+        raise ConfigError(
+            f"cannot load the TLS certificate or key: {exc}", path="websocket.server.ssl"
+        ) from None
     return ctx
 
 
@@ -53,8 +56,9 @@ async def serve(
         shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls,
-                       backlog=2048)
+    site = web.TCPSite(
+        runner, settings.server.host, settings.server.port, ssl_context=tls, backlog=2048
+    )
     try:
         await site.start()
     except OSError as exc:

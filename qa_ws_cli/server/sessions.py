@@ -35,9 +35,9 @@ class Session:
     __slots__ = (
         "answers",
         "buffer",
+        "connection",
         "detached_at",
         "history",
-        "connection",
         "id",
         "inflight",
         "max_answers",
@@ -127,7 +127,8 @@ class SessionManager:
         now = time.monotonic() if now is None else now
         horizon = now - self.settings.ttl_s
         expired = [
-            s for s in self._sessions.values()
+            s
+            for s in self._sessions.values()
             if s.detached_at is not None and s.detached_at < horizon
         ]
         for session in expired:

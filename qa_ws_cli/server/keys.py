@@ -1,0 +1,10 @@
+"""Typed keys for what middlewares leave on a request for the handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from qa_ws_cli.auth.tokens import Claims
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLAIMS = web.RequestKey("claims", Claims)
