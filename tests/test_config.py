@@ -131,7 +131,7 @@ def test_ensure_secret() -> None:
     with pytest.raises(ConfigError, match="shorter"):
         ensure_secret(weak, dev=True)  # --dev never silently replaces a configured key
     none = load_settings(None, environ={}).settings
-    with pytest.raises(ConfigError, match="missing.*WEBSOCKET_SECRET_KEY"):
+    with pytest.raises(ConfigError, match=r"missing.*WEBSOCKET_SECRET_KEY"):
         ensure_secret(none, dev=False)
     dev = ensure_secret(none, dev=True)
     assert len(dev.secret() or "") >= 32

@@ -23,8 +23,14 @@ from qa_ws_cli.errors import (
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file (default: configs/default.yaml if present).",
-                 exists=True, dir_okay=False, readable=True),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (default: configs/default.yaml if present).",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
 ]
 
 # exit codes shared by the client commands (documented in the README)

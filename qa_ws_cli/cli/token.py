@@ -11,7 +11,14 @@ import typer
 
 from qa_ws_cli.auth.revocation import RevocationList
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
-from qa_ws_cli.cli.common import ConfigOption, fail, failures, out_console, read_stdin_value, settings_from
+from qa_ws_cli.cli.common import (
+    ConfigOption,
+    fail,
+    failures,
+    out_console,
+    read_stdin_value,
+    settings_from,
+)
 from qa_ws_cli.config import parse_duration
 
 app = typer.Typer(help="Mint, check and revoke JSON Web Tokens.", no_args_is_help=True)
@@ -30,8 +37,12 @@ def _when(ts: Any) -> str:
 def issue(
     sub: Annotated[str, typer.Option("--sub", help="User id (the token's subject).")],
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 90s, 15m, 1h, 7d.")] = "1h",
-    scope: Annotated[str, typer.Option("--scope", help="Space-separated scopes: chat, admin.")] = "chat",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the token and its claims as JSON.")] = False,
+    scope: Annotated[
+        str, typer.Option("--scope", help="Space-separated scopes: chat, admin.")
+    ] = "chat",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the token and its claims as JSON.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Print a token signed with the configured key (WEBSOCKET_SECRET_KEY for HS256).
@@ -69,15 +80,19 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
         fail(f"token revoked (jti {claims.jti})")
     out_console.print_json(json.dumps(claims.raw))
     left = claims.exp - time.time()
-    out_console.print(f"[green]valid[/]: sub={claims.sub} scopes={' '.join(sorted(claims.scopes))} "
-                      f"expires {_when(claims.exp)} (in {int(left)} s)")
+    out_console.print(
+        f"[green]valid[/]: sub={claims.sub} scopes={' '.join(sorted(claims.scopes))} "
+        f"expires {_when(claims.exp)} (in {int(left)} s)"
+    )
 
 
 @app.command()
 def revoke(
     token: Annotated[str | None, typer.Argument(help="The token, or - for stdin.")] = None,
     jti: Annotated[str | None, typer.Option("--jti", help="Revoke by token id instead.")] = None,
-    ttl: Annotated[str, typer.Option("--keep", help="With --jti: how long to keep the entry.")] = "7d",
+    ttl: Annotated[
+        str, typer.Option("--keep", help="With --jti: how long to keep the entry.")
+    ] = "7d",
     config: ConfigOption = None,
 ) -> None:
     """Revoke a token: servers refuse it (401 token_revoked) and close its connections (4003).
