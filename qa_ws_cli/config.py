@@ -290,6 +290,12 @@ def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def agent_api_key(settings: AgentSettings, default_env: str) -> str | None:
+    """An HTTP backend's bearer token, from ``agent.api_key_env`` (or the backend's usual name)."""
+    value = os.environ.get(settings.api_key_env or default_env, "").strip()
+    return value or None
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``1h``, ``2d``, ``250ms`` -> seconds."""
     raw = text.strip().lower()

@@ -34,11 +34,10 @@ from qa_ws_cli.agents.bounded import BoundedAgent
 from qa_ws_cli.agents.http import (
     SPEC_PATH,
     SSEHTTPAgent,
-    api_key_from_env,
     no_answer,
     parse_http_url,
 )
-from qa_ws_cli.config import AgentSettings
+from qa_ws_cli.config import AgentSettings, agent_api_key
 from qa_ws_cli.errors import AgentError, ConfigError
 
 log = logging.getLogger("qa_ws.agents")
@@ -165,6 +164,6 @@ def create(target: str, settings: AgentSettings) -> Agent:
         kind=kind,
         component_id=component_id,
         settings=settings,
-        api_key=api_key_from_env(settings, DEFAULT_API_KEY_ENV),
+        api_key=agent_api_key(settings, DEFAULT_API_KEY_ENV),
     )
     return BoundedAgent.from_settings(agent, settings)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, NoReturn
 
@@ -37,12 +36,6 @@ CHECK_TIMEOUT_S = 2.0
 LOGGED_BODY_CHARS = 300
 
 
-def api_key_from_env(settings: AgentSettings, default_env: str) -> str | None:
-    """The backend's bearer token, read once when the agent is built."""
-    value = os.environ.get(settings.api_key_env or default_env, "").strip()
-    return value or None
-
-
 def parse_http_url(target: str, *, example: str) -> URL:
     """Validate the URL part of a spec; mistakes are configuration errors, named as such."""
     try:
@@ -57,6 +50,11 @@ def parse_http_url(target: str, *, example: str) -> URL:
 def safe_url(url: URL) -> str:
     """The URL for log lines: no user info, no query."""
     return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for the log: its ``str`` (aiohttp's ``repr`` spells out proxy auth)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 class SSEHTTPAgent(Agent):
@@ -134,7 +132,7 @@ class SSEHTTPAgent(Agent):
                     log.warning("%s: no complete answer within %ss", self.name, self.timeout_s)
                     raise AgentTimeout() from exc
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    log.warning("%s: connection lost mid-answer: %r", self.name, exc)
+                    log.warning("%s: connection lost mid-answer: %s", self.name, describe(exc))
                     raise AgentError("the connection to the agent was lost mid-answer") from exc
                 if not chunk:
                     return
@@ -160,11 +158,11 @@ class SSEHTTPAgent(Agent):
                     response = await session.post(url, **request)
             except aiohttp.ClientConnectionError as exc:
                 if attempt >= self.retries:
-                    log.warning("%s: cannot reach %s: %r", self.name, safe_url(url), exc)
+                    log.warning("%s: cannot reach %s: %s", self.name, safe_url(url), describe(exc))
                     if isinstance(exc, TimeoutError):
                         raise AgentTimeout() from exc
                     raise AgentError("the agent backend is unreachable") from exc
-                failure = repr(exc)
+                failure = describe(exc)
             except TimeoutError as exc:
                 log.warning("%s: no answer within %ss", self.name, self.timeout_s)
                 raise AgentTimeout() from exc

@@ -43,9 +43,7 @@ def _method(target: object) -> Callable[..., Any] | None:
 def _takes_context(method: Callable[..., Any]) -> bool:
     try:
         inspect.signature(method).bind("message", "context")
-    except TypeError:
-        return False
-    except ValueError:  # no signature to inspect (a builtin): the plan's form
+    except (TypeError, ValueError):  # ValueError: no signature to read; assume the plan's form
         return False
     return True
 
@@ -76,21 +74,23 @@ class PythonAgent(Agent):
         if self._build is None:
             return self._target
         async with self._lock:
-            if self._build is not None:
-                try:
-                    async with asyncio.timeout(self.timeout_s):
-                        built = await self._build()
-                except TimeoutError as exc:
-                    log.warning("%s: building it took over %ss", self.label, self.timeout_s)
-                    raise AgentTimeout() from exc
-                except Exception as exc:
-                    log.warning("%s: building it failed", self.label, exc_info=True)
-                    raise AgentError("the agent could not be started") from exc
-                if not isinstance(built, Agent) and _method(built) is None:
-                    log.warning("%s: %r has no chat or stream method", self.label, built)
-                    raise AgentError("the agent could not be started")
-                self._target, self._build = built, None
-        return self._target
+            build = self._build
+            if build is None:  # built by a caller that held the lock before this one
+                return self._target
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    built = await build()
+            except TimeoutError as exc:
+                log.warning("%s: building it took over %ss", self.label, self.timeout_s)
+                raise AgentTimeout() from exc
+            except Exception as exc:
+                log.warning("%s: building it failed", self.label, exc_info=True)
+                raise AgentError("the agent could not be started") from exc
+            if not isinstance(built, Agent) and _method(built) is None:
+                log.warning("%s: %r has no chat or stream method", self.label, built)
+                raise AgentError("the agent could not be started")
+            self._target, self._build = built, None
+            return built
 
     async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
         deadline = asyncio.get_running_loop().time() + self.timeout_s

@@ -28,9 +28,10 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """Feed bytes with ``feed``; each call returns the events its bytes completed."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_max_line", "_started")
+    __slots__ = ("_after_cr", "_buffer", "_data", "_event", "_max_line", "_started")
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._after_cr = False  # the last chunk ended with "\r": a "\n" next is part of it
         self._buffer = b""
         self._data: list[str] = []
         self._event = ""
@@ -38,6 +39,10 @@ class SSEParser:
         self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._after_cr and chunk:
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         buffer = self._buffer + chunk if self._buffer else chunk
         if not self._started:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
@@ -48,12 +53,11 @@ class SSEParser:
                 buffer = buffer[len(_BOM) :]
         events: list[SSEEvent] = []
         start = 0
-        end = len(buffer)
         for match in _LINE_END.finditer(buffer):
-            if match.end() == end and match.group() == b"\r":
-                break  # a "\n" may follow in the next chunk: decide then
             self._line(buffer[start : match.start()], events)
             start = match.end()
+        if start and buffer[start - 1 : start] == b"\r" and start == len(buffer):
+            self._after_cr = True
         self._buffer = buffer[start:]
         if len(self._buffer) > self._max_line:
             raise SSEError(f"an event stream line exceeded {self._max_line} bytes")

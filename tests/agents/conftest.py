@@ -30,7 +30,13 @@ CONTEXT = ChatContext(
 )
 
 
-def settings(**overrides: Any) -> AgentSettings:
+async def consume(pieces: AsyncIterator[str], into: list[str]) -> None:
+    """Read an answer into ``into``, so a test sees what came before a failure."""
+    async for piece in pieces:
+        into.append(piece)
+
+
+def agent_settings(**overrides: Any) -> AgentSettings:
     values: dict[str, Any] = {
         "timeout_s": 3.0,
         "connect_timeout_s": 1.0,
@@ -171,9 +177,7 @@ def agno_event(name: str, *, team: bool = False, **fields: Any) -> bytes:
     return f"event: {name}\ndata: {data}\n\n".encode()
 
 
-def agno_run(
-    deltas: list[str], *, completed: str | None = None, team: bool = False
-) -> bytes:
+def agno_run(deltas: list[str], *, completed: str | None = None, team: bool = False) -> bytes:
     """A whole run as AgentOS streams it: started, content deltas, completed."""
     prefix = "Team" if team else ""
     parts = [agno_event(f"{prefix}RunStarted", team=team, model="gpt-4o", model_provider="OpenAI")]
