@@ -386,7 +386,11 @@ class QaWsClient:
             self._http = None
 
     async def __aenter__(self) -> QaWsClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # a refused connect must not leave the HTTP session open
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

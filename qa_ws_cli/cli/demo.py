@@ -1,0 +1,327 @@
+"""``qa-ws demo``: the plan's demos, played against a local server started for the occasion.
+
+The server is a real ``qa-ws serve`` process (not an in-process app) so the demo shows what a
+user would see: its own ephemeral secret, a config of defaults only (no ``WEBSOCKET_*`` from
+the caller's environment or ``configs/`` leaks in), and a SIGTERM drain at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.client.connection import ClientOptions, QaWsClient
+from qa_ws_cli.config import Settings, load_settings
+from qa_ws_cli.errors import ConfigError, HandshakeRefused, QaWsError
+
+QUESTIONS = (
+    "how do I test a login form?",
+    "what should an API contract test cover?",
+    "how do I tame a flaky test?",
+    "what goes into a release smoke suite?",
+)
+_READY = re.compile(r"listening on (wss?://\S+)")
+MARK = "\u203a"  # a quieter speaker mark than ">"
+console = Console(highlight=False)
+
+
+@dataclass
+class DemoServer:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM drains; a server that does not stop in time is killed (and fails)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return -9
+
+
+def demo_settings(secret: str) -> Settings:
+    return load_settings(
+        Path(os.devnull), {"security": {"secret_key": secret}}, environ={}
+    ).settings
+
+
+def start_server(
+    secret: str, workdir: Path, agent: str, latency_ms: float, timeout: float = 20.0
+) -> DemoServer:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WEBSOCKET_")}
+    env.update(
+        WEBSOCKET_SECRET_KEY=secret,
+        WEBSOCKET_SECURITY__AUTHENTICATION__REVOCATION_FILE=str(workdir / "revoked.jsonl"),
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
+    log = workdir / "server.log"
+    args = [
+        sys.executable,
+        "-m",
+        "qa_ws_cli",
+        "serve",
+        "--port",
+        "0",
+        "--agent",
+        agent,
+        "--demo-latency-ms",
+        f"{latency_ms:g}",
+        "--config",
+        os.devnull,
+        "--log-level",
+        "WARNING",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = _READY.search(log.read_text(errors="replace"))
+        if match:
+            return DemoServer(proc, match.group(1), log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    raise ConfigError(
+        "the demo server did not start: "
+        + (lines[-1].removeprefix("error: ") if lines else "no output")
+    )
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest rank, as load-testing reports use it: a real sample, never an interpolation."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@contextlib.asynccontextmanager
+async def _connected(url: str, token: str | None) -> AsyncIterator[QaWsClient]:
+    """Unlike ``async with QaWsClient``, also closes the HTTP session when connect fails."""
+    client = QaWsClient(ClientOptions(url=url, token=token, connect_timeout=10.0))
+    try:
+        await client.connect()
+        yield client
+    finally:
+        await client.close()
+
+
+def _ok(flag: bool) -> Text:
+    return Text("✓", style="bold green") if flag else Text("✗", style="bold red")
+
+
+# -- the demos ---------------------------------------------------------------------------------
+
+
+async def basic_chat(url: str, settings: Settings) -> bool:
+    token = issue_token(settings, "demo-user", ttl_s=600)[0]
+    async with _connected(url, token) as client:
+        event = client.connected
+        assert event is not None
+        console.print(f"connected as [bold]{event.user}[/], session {event.session_id}")
+        question = QUESTIONS[0]
+        console.print(Text.assemble((f"you {MARK} ", "bold cyan"), question))
+        console.print(Text(f"agent {MARK} ", style="bold magenta"), end="")
+        pieces: list[str] = []
+
+        def on_delta(piece: str) -> None:
+            pieces.append(piece)
+            console.print(piece, end="", markup=False, soft_wrap=True)
+
+        answer = await client.ask(question, timeout=30.0, on_delta=on_delta)
+        console.print()
+        rtt = await client.ping()
+        console.print(
+            Text(
+                f"{len(pieces)} deltas, agent_response after {answer.latency_ms:.0f} ms;"
+                f" ping {rtt:.2f} ms",
+                style="dim",
+            )
+        )
+        return bool(pieces) and "".join(pieces) == answer.content
+
+
+async def authentication(url: str, settings: Settings) -> bool:
+    other = demo_settings(secrets.token_urlsafe(48))
+    cases: list[tuple[str, str | None, str]] = [
+        ("no token", None, "401 missing_token"),
+        ("token signed with another key", issue_token(other, "demo-user")[0], "401 invalid_token"),
+        (
+            "expired token",
+            issue_token(settings, "demo-user", ttl_s=60, now=time.time() - 3600)[0],
+            "401 token_expired",
+        ),
+        ("valid token", issue_token(settings, "demo-user", ttl_s=600)[0], "connected"),
+    ]
+    all_ok = True
+    for label, token, expected in cases:
+        try:
+            async with _connected(url, token) as client:
+                got = "connected"
+                user = client.connected.user if client.connected else "?"
+                detail = f"as {user}, session {client.session_id}"
+        except HandshakeRefused as exc:
+            got = f"{exc.status} {exc.error}"
+            detail = exc.message.removeprefix("handshake refused: ")
+        ok = got == expected
+        all_ok &= ok
+        console.print(
+            Text.assemble(
+                _ok(ok),
+                " ",
+                (label, "bold"),
+                f": expected {expected}, got ",
+                (got, "green" if got == "connected" else "yellow"),
+            )
+        )
+        console.print(Text("    " + detail, style="dim"))
+    return all_ok
+
+
+@dataclass
+class StressResult:
+    latencies_ms: list[float]
+    errors: Counter[str]
+    wall_s: float
+
+
+async def _stress_user(
+    url: str, settings: Settings, n: int, questions: int, result: StressResult
+) -> None:
+    token = issue_token(settings, f"stress-{n:03d}", ttl_s=600)[0]
+    try:
+        async with _connected(url, token) as client:
+            for i in range(questions):
+                started = time.perf_counter()
+                try:
+                    await client.ask(QUESTIONS[(n + i) % len(QUESTIONS)], timeout=30.0)
+                except QaWsError as exc:
+                    result.errors[exc.code] += 1
+                    continue
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    except QaWsError as exc:
+        result.errors[exc.code] += questions
+
+
+async def stress(url: str, settings: Settings, clients: int, questions: int) -> bool:
+    result = StressResult([], Counter(), 0.0)
+    started = time.perf_counter()
+    with console.status(f"{clients} clients asking {questions} questions each…"):
+        await asyncio.gather(
+            *(_stress_user(url, settings, n, questions, result) for n in range(clients))
+        )
+    result.wall_s = time.perf_counter() - started
+    lat = result.latencies_ms
+    expected = clients * questions
+    table = Table(box=None, show_header=False, padding=(0, 2))
+    table.add_row("answers", f"{len(lat)} / {expected}")
+    table.add_row("errors", ", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "0")
+    if lat:
+        table.add_row("latency p50", f"{percentile(lat, 50):.0f} ms")
+        table.add_row("latency p95", f"{percentile(lat, 95):.0f} ms")
+        table.add_row("latency max", f"{max(lat):.0f} ms")
+    table.add_row(
+        "throughput", f"{len(lat) / result.wall_s:.1f} answers/s over {result.wall_s:.2f} s"
+    )
+    console.print(table)
+    return len(lat) == expected and not result.errors
+
+
+async def _step(title: str, play: Callable[[], Awaitable[bool]]) -> bool:
+    console.print(Rule(f"[bold]{title}[/]", align="left"))
+    try:
+        ok = await asyncio.wait_for(play(), 120.0)
+    except (QaWsError, TimeoutError) as exc:
+        message = exc.message if isinstance(exc, QaWsError) else "the step took over 120 s"
+        console.print(Text.assemble(("error: ", "bold red"), message))
+        ok = False
+    console.print(Text.assemble(_ok(ok), f" {title}"))
+    return ok
+
+
+async def play_all(url: str, settings: Settings, clients: int, questions: int) -> dict[str, bool]:
+    return {
+        "basic chat": await _step("1 · basic chat", lambda: basic_chat(url, settings)),
+        "authentication": await _step(
+            "2 · authentication: refused, then accepted", lambda: authentication(url, settings)
+        ),
+        "stress": await _step(
+            f"3 · stress: {clients} clients x {questions} questions",
+            lambda: stress(url, settings, clients, questions),
+        ),
+    }
+
+
+def command(
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=500, help="Concurrent clients in the stress run.")
+    ] = 50,
+    questions: Annotated[
+        int, typer.Option("--questions", min=1, max=50, help="Questions each stress client asks.")
+    ] = 2,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0, help="Latency of the demo agent.")
+    ] = 200.0,
+    agent: Annotated[str, typer.Option("--agent", help="Agent spec for the server.")] = "demo",
+) -> None:
+    """Start a local server with the demo agent and play the demos: a streamed chat, refused
+    and accepted authentication, and a small stress run; then stop the server with SIGTERM.
+
+    Exit code 0 when every step passed, 1 otherwise.
+    """
+    secret = secrets.token_urlsafe(48)
+    settings = demo_settings(secret)
+    with tempfile.TemporaryDirectory(prefix="qa-ws-demo-") as tmp:
+        try:
+            server = start_server(secret, Path(tmp), agent, latency_ms)
+        except ConfigError as exc:
+            console.print(Text.assemble(("error: ", "bold red"), exc.message))
+            raise typer.Exit(1) from None
+        console.print(f"[bold green]server[/] {server.url} (agent: {agent}, pid {server.proc.pid})")
+        try:
+            results = asyncio.run(play_all(server.url, settings, clients, questions))
+        except KeyboardInterrupt:
+            server.stop()
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+        console.print(Rule("[bold]shutdown[/]", align="left"))
+        code = server.stop()
+        results["shutdown"] = code == 0
+        console.print(
+            Text.assemble(_ok(code == 0), f" server drained and stopped (exit code {code})")
+        )
+    failed = [name for name, ok in results.items() if not ok]
+    if failed:
+        console.print(Text.assemble(("demo failed: ", "bold red"), ", ".join(failed)))
+        raise typer.Exit(1)
+    console.print("[bold green]all demos passed[/]")
