@@ -33,12 +33,12 @@ def _explain(text: str | bytes, exc: ValidationError) -> ProtocolError:
     """Slow path, only for bad frames: tell JSON errors from schema errors, name the field."""
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting deeper than json's stack
         return ProtocolError("the frame is not valid JSON", code=ErrorCode.INVALID_JSON)
     if not isinstance(data, dict):
         return ProtocolError("a frame must be a JSON object", code=ErrorCode.INVALID_MESSAGE)
     msg_id = data.get("id")
-    reply_to = msg_id if isinstance(msg_id, str) and _id_re.match(msg_id) else None
+    reply_to = msg_id if isinstance(msg_id, str) and _id_re.fullmatch(msg_id) else None
     kind = data.get("type")
     if "type" not in data:
         return ProtocolError("missing field 'type'", code=ErrorCode.INVALID_MESSAGE)

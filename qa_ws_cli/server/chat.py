@@ -40,6 +40,9 @@ _SAFE_MESSAGES = {
 }
 
 
+_ERROR_CODES = frozenset(ErrorCode)
+
+
 def streams(agent: Agent) -> bool:
     """Whether the agent yields pieces itself (else only its whole answer is sent)."""
     return type(agent).stream is not Agent.stream
@@ -151,6 +154,7 @@ class FrameHandler:
         self.idle.clear()
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._run(session, conn, msg, started))
+        task.add_done_callback(lambda done: self._settle(session, conn, msg.id, done))
         session.inflight[msg.id] = ChatRun(task=task, started=started, origin=conn)
         gw.metrics.inflight.inc()
 
@@ -167,10 +171,17 @@ class FrameHandler:
             async with asyncio.timeout(self.timeout):
                 if self.streams:
                     pieces: list[str] = []
-                    async for piece in self.agent.stream(msg.content, context):
-                        if piece:
-                            pieces.append(piece)
-                            session.send_live(encode(AgentDelta(reply_to=msg.id, delta=piece)))
+                    stream = self.agent.stream(msg.content, context)
+                    try:
+                        async for piece in stream:
+                            if piece:
+                                pieces.append(piece)
+                                session.send_live(encode(AgentDelta(reply_to=msg.id, delta=piece)))
+                            await asyncio.sleep(0)  # an agent that never awaits must not stall us
+                    finally:  # a timeout or cancel may land here, not in the agent: close it now
+                        aclose = getattr(stream, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
                     content = "".join(pieces)
                 else:
                     content = await self.agent.chat(msg.content, context)
@@ -185,7 +196,19 @@ class FrameHandler:
                 raise
             code = ErrorCode.CANCELLED
         except AgentError as exc:
-            code, detail = exc.code, exc.message
+            if exc.code in _ERROR_CODES:
+                code, detail = exc.code, exc.message
+            else:  # not a protocol code: neither the code nor its text reaches the client
+                code = ErrorCode.AGENT_ERROR
+                log_event(
+                    gw.log,
+                    "agent error",
+                    logging.WARNING,
+                    session=session.id,
+                    connection=conn.id,
+                    reply_to=msg.id,
+                    agent_code=exc.code,
+                )
         except Exception:
             code = ErrorCode.AGENT_ERROR
             gw.log.exception(
@@ -223,6 +246,19 @@ class FrameHandler:
             latency_ms=latency_ms,
             outcome=code or "ok",
         )
+
+    def _settle(
+        self, session: Session, conn: Connection, chat_id: str, task: asyncio.Task[None]
+    ) -> None:
+        """A task cancelled before its first step never ran ``_run``'s own cleanup: do it here."""
+        run = session.inflight.get(chat_id)
+        if run is None or run.task is not task:
+            return
+        self._finish(session, conn, chat_id)
+        if run.cancelled_by is not None:
+            self.publish_error(
+                session, ErrorCode.CANCELLED, _SAFE_MESSAGES[ErrorCode.CANCELLED], chat_id
+            )
 
     def _finish(self, session: Session, conn: Connection, chat_id: str) -> None:
         if session.inflight.pop(chat_id, None) is not None:

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from qa_ws_cli.server.sessions import Session
 
 log = logging.getLogger("qa_ws.server")
+CLOSE_GRACE_S = 5.0  # after a close, time for a slow reader to get its close frame
 
 
 class Connection:
     __slots__ = (
         "_on_overflow",
         "claims",
+        "closed_with",
         "closing",
         "id",
         "inflight",
@@ -39,6 +41,7 @@ class Connection:
         "rejections",
         "session",
         "timers",
+        "transport",
         "user",
         "writer",
         "ws",
@@ -51,8 +54,11 @@ class Connection:
         claims: Claims,
         queue_limit: int,
         on_overflow: Callable[[Connection], None],
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        self.transport = transport
+        self.closed_with: int | None = None  # the code, when the server closed it
         self.id = conn_id
         self.claims = claims
         self.user = claims.sub
@@ -112,15 +118,28 @@ class Connection:
         asyncio.get_running_loop().create_task(self.close(code, reason))
 
     async def close(self, code: int, reason: str) -> None:
+        """Send the close frame without waiting on a peer that does not read (``drain=False``:
+        aiohttp would wait for it forever), and abort the socket if it is not gone after a grace
+        period, so a client that stopped reading cannot hold a socket and its buffers."""
         self.closing = True
+        if self.closed_with is None:
+            self.closed_with = code
         await self.flush(timeout=2.0)
         with contextlib.suppress(ConnectionError, RuntimeError):  # already gone
-            await self.ws.close(code=code, message=reason.encode()[:120])
+            await self.ws.close(code=code, message=reason.encode()[:120], drain=False)
+        if self.transport is not None:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_stuck, self.transport)
 
     def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+
+
+def _abort_if_stuck(transport: asyncio.Transport) -> None:
+    """Still holding unsent bytes after the grace period: the peer does not read; drop it."""
+    if transport.get_write_buffer_size():
+        transport.abort()
 
 
 class ConnectionManager:

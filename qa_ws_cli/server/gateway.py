@@ -148,7 +148,7 @@ class Gateway:
         for conn in self.connections:
             if revoked and conn.claims.jti in revoked:
                 conn.start_close(CloseCode.TOKEN_REVOKED, "token revoked")
-            elif idle and now - conn.last_seen > idle:
+            elif idle and not conn.inflight and now - conn.last_seen > idle:  # waiting != idle
                 conn.start_close(CloseCode.NORMAL, "idle timeout")
 
     async def housekeeping_loop(self) -> None:

@@ -60,7 +60,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         heartbeat=lim.heartbeat_s or None,
-        max_msg_size=lim.max_message_bytes,
+        max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
         compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
     )
     await ws.prepare(request)
@@ -68,7 +68,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     resumed = session is not None
     if session is None:
         session = gw.sessions.create(claims.sub)
-    conn = Connection(ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed)
+    conn = Connection(
+        ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed, request.transport
+    )
     conn.last_seen = time.monotonic()
     gw.connections.add(conn)
     previous = gw.sessions.attach(session, conn)
@@ -122,8 +124,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         gw.connections.remove(conn)
         gw.sessions.detach(session, conn)
         gw.metrics.connections.dec()
-        code = ws.close_code
-        gw.metrics.closes.labels(str(code)).inc()
+        code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
+        gw.metrics.closes.labels(_close_label(code)).inc()
         if code in _CLIENT_CLOSES and session.connection is None and not gw.draining:
             for run in list(session.inflight.values()):  # the user left: stop the agent
                 if run.origin is conn:
@@ -139,6 +141,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             duration_s=round(time.monotonic() - started, 3),
         )
     return ws
+
+
+def _close_label(code: int | None) -> str:
+    """Known close codes by number; clients' own 3000-4999 codes share one (bounded series)."""
+    if code is None:
+        return "none"
+    return str(code) if code < 3000 or code in (4001, 4003) else "other"
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ minute, both per token ``sub`` across all of that user's connections. The counte
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
@@ -54,7 +55,8 @@ class RateLimiter:
         for item in (self.per_second, self.per_minute):
             if not await self.strategy.hit(item, user):
                 stats = await self.strategy.get_window_stats(item, user)
-                return round(max(0.1, stats.reset_time - time.time()), 1)
+                # rounded up: a client that waits exactly this long must not be early
+                return max(0.1, math.ceil((stats.reset_time - time.time()) * 10) / 10)
         return None
 
     def abusive(self, rejections: deque[float], now: float) -> bool:

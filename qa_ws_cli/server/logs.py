@@ -63,7 +63,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     handler.setFormatter(JsonFormatter() if settings.format == "json" else ConsoleFormatter())
     # the logging HOWTO's "Optimization" advice: a server needs no caller frame, thread or
     # process name on each record, and collecting them is most of a record's cost
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
