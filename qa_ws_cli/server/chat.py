@@ -153,9 +153,12 @@ class FrameHandler:
         self.running += 1
         self.idle.clear()
         started = time.perf_counter()
-        task = asyncio.get_running_loop().create_task(self._run(session, conn, msg, started))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(session, conn, msg, started))
         task.add_done_callback(lambda done: self._settle(session, conn, msg.id, done))
-        session.inflight[msg.id] = ChatRun(task=task, started=started, origin=conn)
+        run = ChatRun(task=task, started=started, origin=conn)
+        run.deadline = loop.call_later(self.timeout, run.expire)  # cheaper than asyncio.timeout
+        session.inflight[msg.id] = run
         gw.metrics.inflight.inc()
 
     # -- answers -------------------------------------------------------------------------
@@ -168,33 +171,30 @@ class FrameHandler:
         code: str | None = None
         detail = ""
         try:
-            async with asyncio.timeout(self.timeout):
-                if self.streams:
-                    pieces: list[str] = []
-                    stream = self.agent.stream(msg.content, context)
-                    try:
-                        async for piece in stream:
-                            if piece:
-                                pieces.append(piece)
-                                session.send_live(encode(AgentDelta(reply_to=msg.id, delta=piece)))
-                            await asyncio.sleep(0)  # an agent that never awaits must not stall us
-                    finally:  # a timeout or cancel may land here, not in the agent: close it now
-                        aclose = getattr(stream, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-                    content = "".join(pieces)
-                else:
-                    content = await self.agent.chat(msg.content, context)
+            if self.streams:
+                pieces: list[str] = []
+                stream = self.agent.stream(msg.content, context)
+                try:
+                    async for piece in stream:
+                        if piece:
+                            pieces.append(piece)
+                            session.send_live(encode(AgentDelta(reply_to=msg.id, delta=piece)))
+                        await asyncio.sleep(0)  # an agent that never awaits must not stall us
+                finally:  # a timeout or cancel may land here, not in the agent: close it now
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                content = "".join(pieces)
+            else:
+                content = await self.agent.chat(msg.content, context)
             if not content:
                 raise AgentError("the agent returned an empty answer")
-        except TimeoutError:
-            code = ErrorCode.AGENT_TIMEOUT
         except asyncio.CancelledError:
             run = session.inflight.get(msg.id)
-            if run is None or run.cancelled_by is None:
+            if run is None or (run.cancelled_by is None and not run.timed_out):
                 self._finish(session, conn, msg.id)
                 raise
-            code = ErrorCode.CANCELLED
+            code = ErrorCode.AGENT_TIMEOUT if run.timed_out else ErrorCode.CANCELLED
         except AgentError as exc:
             if exc.code in _ERROR_CODES:
                 code, detail = exc.code, exc.message
@@ -255,13 +255,15 @@ class FrameHandler:
         if run is None or run.task is not task:
             return
         self._finish(session, conn, chat_id)
-        if run.cancelled_by is not None:
-            self.publish_error(
-                session, ErrorCode.CANCELLED, _SAFE_MESSAGES[ErrorCode.CANCELLED], chat_id
-            )
+        if run.cancelled_by is not None or run.timed_out:
+            code = ErrorCode.AGENT_TIMEOUT if run.timed_out else ErrorCode.CANCELLED
+            self.publish_error(session, code, _SAFE_MESSAGES[code], chat_id)
 
     def _finish(self, session: Session, conn: Connection, chat_id: str) -> None:
-        if session.inflight.pop(chat_id, None) is not None:
+        run = session.inflight.pop(chat_id, None)
+        if run is not None:
+            if run.deadline is not None:
+                run.deadline.cancel()
             conn.inflight -= 1
             self.running -= 1
             if not self.running:

@@ -79,6 +79,10 @@ class Connection:
         if self.closing:
             return
         size = len(frame)
+        transport = self.transport
+        if self.writer is None and transport is not None and not transport.get_write_buffer_size():
+            self._write_now(frame)
+            return
         if self.queued_bytes + size > self.queue_limit:
             self._on_overflow(self)
             self.start_close(CloseCode.POLICY_VIOLATION, "slow consumer: outgoing queue overflowed")
@@ -87,6 +91,24 @@ class Connection:
         self.queued_bytes += size
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _write_now(self, frame: str) -> None:
+        """Write at once while the socket keeps up (the common case), with no task per frame.
+
+        Uncompressed, ``send_str`` writes the frame synchronously and suspends only to wait for
+        a paused transport to drain, so one step of the coroutine is the whole send. If it does
+        suspend, the frame is already in the transport's buffer: the next frames see that buffer
+        and take the queue, whose writer awaits the drain (and whose bound counts it).
+        """
+        coro = self.ws.send_str(frame)
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        except (ConnectionError, RuntimeError):  # the peer is gone; the reader will see it
+            self.closing = True
+            return
+        coro.close()
 
     async def _drain(self) -> None:
         ws, queue = self.ws, self.queue

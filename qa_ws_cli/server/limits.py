@@ -13,7 +13,7 @@ from collections import deque
 
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from qa_ws_cli.config import RateLimitSettings
 
@@ -42,19 +42,28 @@ class MemoryLimitStorage(MemoryStorage):
         return len(self.storage)
 
 
+# ``limits`` wraps these methods of every Storage subclass for error translation; subclassing
+# MemoryStorage wrapped its already wrapped methods a second time. One layer is enough.
+for _method in ("incr", "get", "get_expiry", "check", "reset", "clear"):
+    setattr(MemoryLimitStorage, _method, MemoryStorage.__dict__[_method])
+
+
 class RateLimiter:
     def __init__(self, settings: RateLimitSettings, storage: Storage) -> None:
         self.settings = settings
         self.per_minute = RateLimitItemPerMinute(settings.max_requests_per_minute)
         self.per_second = RateLimitItemPerSecond(settings.burst)
-        self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self.windows = (  # the burst window first: it is the cheap one and the first to trip
+            (FixedWindowRateLimiter(storage), self.per_second),  # one second needs no sliding
+            (SlidingWindowCounterRateLimiter(storage), self.per_minute),
+        )
         self.abuse_threshold = int(settings.abuse_factor * settings.max_requests_per_minute)
 
     async def hit(self, user: str) -> float | None:
         """Count one message; None when allowed, else the seconds after which to retry."""
-        for item in (self.per_second, self.per_minute):
-            if not await self.strategy.hit(item, user):
-                stats = await self.strategy.get_window_stats(item, user)
+        for strategy, item in self.windows:
+            if not await strategy.hit(item, user):
+                stats = await strategy.get_window_stats(item, user)
                 # rounded up: a client that waits exactly this long must not be early
                 return max(0.1, math.ceil((stats.reset_time - time.time()) * 10) / 10)
         return None

@@ -23,12 +23,19 @@ from qa_ws_cli.server.connections import Connection
 
 @dataclass(slots=True)
 class ChatRun:
-    """One answer in flight; ``cancelled_by`` is set when a client's ``cancel`` stopped it."""
+    """One answer in flight, and why it was stopped, if it was: ``cancelled_by`` names the
+    client's ``cancel``; ``timed_out`` is set by its deadline timer."""
 
     task: asyncio.Task[None]
     started: float
+    deadline: asyncio.TimerHandle | None = None
     cancelled_by: str | None = None
+    timed_out: bool = False
     origin: Connection | None = field(default=None, repr=False)
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.task.cancel()
 
 
 class Session:
