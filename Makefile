@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install serve test lint format bench bench-ci run-websocket run-websocket-demo test-websocket clean
+.PHONY: install serve test lint format bench bench-ci bench-overhead run-websocket run-websocket-demo test-websocket clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: install  ## the acceptance gate: 150 users for 30 s against a local serve
 
 bench-ci: install  ## the CI performance gate: 150 users, about 15 s
 	$(BIN)/qa-ws bench --serve --users 150 --spawn-rate 75 --duration 15s --json reports/bench.json --junit reports/bench.xml $(ARGS)
+
+bench-overhead: install  ## the gateway's cost per message and per idle connection, against bare aiohttp
+	$(BIN)/python loadtests/gateway_overhead.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov reports
