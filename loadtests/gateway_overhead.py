@@ -21,9 +21,9 @@ import re
 import resource
 import secrets
 import statistics
-import tempfile
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +34,7 @@ CHAT = '{"type":"chat_message","id":"%s","content":"how do I test a login form?"
 
 
 def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -78,8 +78,9 @@ def free_port() -> int:
 def start(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server with its log in a file (as in production), wait for its URL."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stderr=sink, stdout=subprocess.DEVNULL, env=env,
-                                preexec_fn=raise_nofile)  # noqa: PLW1509
+        proc = subprocess.Popen(
+            cmd, stderr=sink, stdout=subprocess.DEVNULL, env=env, preexec_fn=raise_nofile
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:
         match = re.search(r"listening on (ws://\S+)", log.read_text(errors="replace"))
@@ -90,8 +91,9 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Po
     raise SystemExit(f"server did not start: {' '.join(cmd)}\n{log.read_text(errors='replace')}")
 
 
-async def closed_loop(url: str, headers: dict[str, str], connections: int, seconds: float,
-                      gateway: bool) -> tuple[int, float]:
+async def closed_loop(
+    url: str, headers: dict[str, str], connections: int, seconds: float, gateway: bool
+) -> tuple[int, float]:
     done = 0
     stop_at = 0.0
 
@@ -148,26 +150,38 @@ def main() -> None:
         return
     raise_nofile()
     secret = secrets.token_urlsafe(48)
-    env = dict(os.environ, WEBSOCKET_SECRET_KEY=secret,
-               WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE="100000000",
-               WEBSOCKET_SECURITY__RATE_LIMITING__BURST="100000000",
-               WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER="100000",
-               WEBSOCKET_SERVER__MAX_CONNECTIONS="100000",
-               WEBSOCKET_LIMITS__MAX_INFLIGHT_PER_CONNECTION="4")
+    env = dict(
+        os.environ,
+        WEBSOCKET_SECRET_KEY=secret,
+        WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE="100000000",
+        WEBSOCKET_SECURITY__RATE_LIMITING__BURST="100000000",
+        WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER="100000",
+        WEBSOCKET_SERVER__MAX_CONNECTIONS="100000",
+        WEBSOCKET_LIMITS__MAX_INFLIGHT_PER_CONNECTION="4",
+    )
     logs = Path(tempfile.mkdtemp(prefix="qa-ws-overhead-"))
-    bare, bare_url = start([sys.executable, __file__, "--bare-server", str(free_port())], env,
-                           logs / "bare.log")
-    gw, gw_url = start([sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", "--agent", "echo"],
-                       env, logs / "gateway.log")
-    token = subprocess.run([sys.executable, "-m", "qa_ws_cli", "token", "issue", "--sub", "bench", "--ttl", "1h"],
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    bare, bare_url = start(
+        [sys.executable, __file__, "--bare-server", str(free_port())], env, logs / "bare.log"
+    )
+    gw, gw_url = start(
+        [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", "--agent", "echo"],
+        env,
+        logs / "gateway.log",
+    )
+    token = subprocess.run(
+        [sys.executable, "-m", "qa_ws_cli", "token", "issue", "--sub", "bench", "--ttl", "1h"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     auth = {"Authorization": f"Bearer {token}"}
     try:
         results: dict[str, float] = {}
         rates: dict[str, list[float]] = {"bare": [], "gateway": []}
         cpu: dict[str, list[float]] = {"bare": [], "gateway": []}
         targets = (("bare", bare_url, {}, False, bare.pid), ("gateway", gw_url, auth, True, gw.pid))
-        for name, url, headers, is_gw, _pid in targets:  # warm up both
+        for _name, url, headers, is_gw, _pid in targets:  # warm up both
             asyncio.run(closed_loop(url, headers, args.connections, 1.0, is_gw))
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits both alike
             for name, url, headers, is_gw, pid in targets:
@@ -184,8 +198,13 @@ def main() -> None:
         results["throughput_ratio_min"] = round(ratios[0], 3)
         for name in cpu:
             results[f"{name}_cpu_us_per_msg"] = round(statistics.median(cpu[name]), 1)
-        results["cpu_ratio"] = round(results["bare_cpu_us_per_msg"] / results["gateway_cpu_us_per_msg"], 3)
-        for name, url, headers, pid in (("bare", bare_url, {}, bare.pid), ("gateway", gw_url, auth, gw.pid)):
+        results["cpu_ratio"] = round(
+            results["bare_cpu_us_per_msg"] / results["gateway_cpu_us_per_msg"], 3
+        )
+        for name, url, headers, pid in (
+            ("bare", bare_url, {}, bare.pid),
+            ("gateway", gw_url, auth, gw.pid),
+        ):
             held, grew = asyncio.run(hold_idle(url, headers, args.idle, pid))
             results[f"{name}_idle_connections"] = held
             results[f"{name}_kib_per_idle_connection"] = round(grew / max(held, 1), 2)
@@ -198,13 +217,20 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     ok_ratio = results["throughput_ratio"] >= 0.75
     ok_mem = results["gateway_kib_per_idle_connection"] <= 25
-    print(f"throughput: gateway {results['gateway_msgs_per_s']}/s vs bare {results['bare_msgs_per_s']}/s "
-          f"= {results['throughput_ratio']:.2f} ({'meets' if ok_ratio else 'BELOW'} the 0.75 target)")
-    print(f"server CPU per message: gateway {results['gateway_cpu_us_per_msg']} us vs bare "
-          f"{results['bare_cpu_us_per_msg']} us = {results['cpu_ratio']:.2f} of bare's efficiency")
-    print(f"memory: {results['gateway_kib_per_idle_connection']} KiB per idle gateway connection "
-          f"({'meets' if ok_mem else 'ABOVE'} the 25 KiB target; bare aiohttp: "
-          f"{results['bare_kib_per_idle_connection']} KiB)")
+    print(
+        f"throughput: gateway {results['gateway_msgs_per_s']}/s "
+        f"vs bare {results['bare_msgs_per_s']}/s "
+        f"= {results['throughput_ratio']:.2f} ({'meets' if ok_ratio else 'BELOW'} the 0.75 target)"
+    )
+    print(
+        f"server CPU per message: gateway {results['gateway_cpu_us_per_msg']} us vs bare "
+        f"{results['bare_cpu_us_per_msg']} us = {results['cpu_ratio']:.2f} of bare's efficiency"
+    )
+    print(
+        f"memory: {results['gateway_kib_per_idle_connection']} KiB per idle gateway connection "
+        f"({'meets' if ok_mem else 'ABOVE'} the 25 KiB target; bare aiohttp: "
+        f"{results['bare_kib_per_idle_connection']} KiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli import __version__
-from qa_ws_cli.cli import config_cmd, send, serve, token
+from qa_ws_cli.cli import bench, config_cmd, demo, repl, send, serve, token
 
 app = typer.Typer(
     name="qa-ws",
@@ -18,6 +18,9 @@ app = typer.Typer(
 )
 app.command("serve")(serve.command)
 app.command("send")(send.command)
+app.command("bench")(bench.command)
+app.command("repl")(repl.command)
+app.command("demo")(demo.command)
 app.add_typer(token.app, name="token")
 app.add_typer(config_cmd.app, name="config")
 
@@ -30,8 +33,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """qa-ws: serve, talk to and load-test the QA agent's WebSocket gateway.
 
