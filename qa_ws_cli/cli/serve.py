@@ -66,9 +66,9 @@ def command(
         settings = ensure_secret(settings, dev=dev)
     except ConfigError as exc:
         fail(exc.message)
-    configure_logging(settings.logging)
     with failures():
         backend = load_agent(settings.agent)
+        configure_logging(settings.logging)
         asyncio.run(serve(settings, backend, on_ready=lambda url: _announce(settings, url, dev)))
 
 

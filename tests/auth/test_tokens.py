@@ -68,25 +68,25 @@ NOW = int(time.time())
     [
         (_hs({"sub": "a", "iat": NOW - 100, "exp": NOW - 10}), "token_expired", "expired"),
         (
-            _hs({"sub": "a", "iat": NOW, "exp": NOW + 60, "nbf": NOW + 3600}),
+            _hs({"sub": "a", "iat": NOW, "exp": NOW + 86400, "nbf": NOW + 3600}),
             "invalid_token",
             "not valid yet",
         ),
         (
-            _hs({"sub": "a", "iat": NOW, "exp": NOW + 60}, key="another-" + "k" * 40),
+            _hs({"sub": "a", "iat": NOW, "exp": NOW + 86400}, key="another-" + "k" * 40),
             "invalid_token",
             "signature",
         ),
         (
-            jwt.encode({"sub": "a", "iat": NOW, "exp": NOW + 60}, None, algorithm="none"),
+            jwt.encode({"sub": "a", "iat": NOW, "exp": NOW + 86400}, None, algorithm="none"),
             "invalid_token",
             "algorithm",
         ),
-        (_hs({"iat": NOW, "exp": NOW + 60}), "invalid_token", "'sub'"),
+        (_hs({"iat": NOW, "exp": NOW + 86400}), "invalid_token", "'sub'"),
         (_hs({"sub": "a", "iat": NOW}), "invalid_token", "'exp'"),
-        (_hs({"sub": "a", "exp": NOW + 60}), "invalid_token", "'iat'"),
-        (_hs({"sub": "", "iat": NOW, "exp": NOW + 60}), "invalid_token", "sub"),
-        (_hs({"sub": "a", "iat": NOW, "exp": NOW + 60}, alg="HS512"), "invalid_token", "algorithm"),
+        (_hs({"sub": "a", "exp": NOW + 86400}), "invalid_token", "'iat'"),
+        (_hs({"sub": "", "iat": NOW, "exp": NOW + 86400}), "invalid_token", "sub"),
+        (_hs({"sub": "a", "iat": NOW, "exp": NOW + 86400}, alg="HS512"), "invalid_token", "algorithm"),
         ("not.a.token", "invalid_token", "malformed"),
     ],
 )
@@ -104,7 +104,7 @@ def test_audience_and_issuer_are_required_and_checked_when_configured(tmp_path: 
     good, claims = issue_token(settings, "a")
     assert claims["iss"] == "qa" and claims["aud"] == "qa-ws"
     verifier(settings).verify(good)
-    base = {"sub": "a", "iat": NOW, "exp": NOW + 60}
+    base = {"sub": "a", "iat": NOW, "exp": NOW + 86400}
     for payload, reason in [
         ({**base, "iss": "qa", "aud": "elsewhere"}, "audience"),
         ({**base, "iss": "evil", "aud": "qa-ws"}, "issuer"),
@@ -133,7 +133,7 @@ def test_rs256_tokens_and_algorithm_confusion(tmp_path: Path) -> None:
     forged = jwt.api_jws.PyJWS()
     forged._algorithms["HS256"].prepare_key = lambda key: key  # type: ignore[method-assign]
     confused = forged.encode(
-        json.dumps({"sub": "x", "iat": NOW, "exp": NOW + 60}).encode(),
+        json.dumps({"sub": "x", "iat": NOW, "exp": NOW + 86400}).encode(),
         public.read_bytes(),
         algorithm="HS256",
     )

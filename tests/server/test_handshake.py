@@ -100,16 +100,16 @@ def _token(payload: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> st
     [
         (None, "missing_token"),
         (_token({"sub": "a", "iat": NOW - 99, "exp": NOW - 9}), "token_expired"),
-        (_token({"sub": "a", "iat": NOW, "exp": NOW + 99, "nbf": NOW + 999}), "invalid_token"),
+        (_token({"sub": "a", "iat": NOW, "exp": NOW + 86400, "nbf": NOW + 864009}), "invalid_token"),
         (
-            _token({"sub": "a", "iat": NOW, "exp": NOW + 99}, key="wrong-" + "k" * 40),
+            _token({"sub": "a", "iat": NOW, "exp": NOW + 86400}, key="wrong-" + "k" * 40),
             "invalid_token",
         ),
         (
-            jwt.encode({"sub": "a", "iat": NOW, "exp": NOW + 99}, None, algorithm="none"),
+            jwt.encode({"sub": "a", "iat": NOW, "exp": NOW + 86400}, None, algorithm="none"),
             "invalid_token",
         ),
-        (_token({"iat": NOW, "exp": NOW + 99}), "invalid_token"),
+        (_token({"iat": NOW, "exp": NOW + 86400}), "invalid_token"),
         (_token({"sub": "a", "iat": NOW}), "invalid_token"),
         ("garbage", "invalid_token"),
     ],
@@ -136,7 +136,7 @@ async def test_wrong_audience_and_issuer_are_refused(
         async with http.ws_connect(running.url, headers={"Authorization": f"Bearer {good}"}) as ws:
             assert (await ws.receive_json(timeout=5))["event"] == "connected"
         for payload in ({"aud": "other", "iss": "qa"}, {"aud": "qa-ws", "iss": "x"}, {}):
-            token = _token({"sub": "a", "iat": NOW, "exp": NOW + 99, **payload})
+            token = _token({"sub": "a", "iat": NOW, "exp": NOW + 86400, **payload})
             status, body, _ = await refused(
                 http, running.url, headers={"Authorization": f"Bearer {token}"}
             )
