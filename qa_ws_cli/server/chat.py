@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from qa_ws_cli.agents.base import Agent, ChatContext, Turn
+from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.errors import AgentError, ProtocolError
 from qa_ws_cli.protocol.codec import decode_client, encode
 from qa_ws_cli.protocol.codes import CloseCode, ErrorCode
@@ -134,6 +135,8 @@ class FrameHandler:
                     msg.id,
                     retry_after=retry_after,
                 )
+                if conn.rejections is None:
+                    conn.rejections = deque()
                 if gw.limiter.abusive(conn.rejections, time.monotonic()):
                     log_event(gw.log, "abuse", logging.WARNING, user=conn.user, connection=conn.id)
                     conn.start_close(CloseCode.POLICY_VIOLATION, "too many rate-limited messages")
@@ -167,7 +170,7 @@ class FrameHandler:
         self, session: Session, conn: Connection, msg: ChatMessage, started: float
     ) -> None:
         gw = self.gw
-        context = ChatContext(session.id, session.user, msg.id, tuple(session.history))
+        context = ChatContext(session.id, session.user, msg.id, tuple(session.history or ()))
         code: str | None = None
         detail = ""
         try:
@@ -231,7 +234,7 @@ class FrameHandler:
                 )
             )
             session.remember_answer(msg.id, frame)
-            session.history.extend((Turn("user", msg.content), Turn("assistant", content)))
+            session.remember_turn(msg.content, content)
             gw.metrics.chat_latency.observe(latency_ms / 1000)
         else:
             message = detail or _SAFE_MESSAGES.get(ErrorCode(code), "the agent failed to answer")

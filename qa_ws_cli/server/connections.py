@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from qa_ws_cli.server.sessions import Session
 
 log = logging.getLogger("qa_ws.server")
+_NO_FRAMES: deque[str] = deque(maxlen=0)  # shared and always empty: idle connections own none
 CLOSE_GRACE_S = 5.0  # after a close, time for a slow reader to get its close frame
 
 
@@ -63,14 +64,14 @@ class Connection:
         self.claims = claims
         self.user = claims.sub
         self.session: Session | None = None
-        self.queue: deque[str] = deque()
+        self.queue: deque[str] = _NO_FRAMES  # replaced by a deque of its own on first use
         self.queued_bytes = 0
         self.queue_limit = queue_limit
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
         self.inflight = 0
         self.last_seen = 0.0
-        self.rejections: deque[float] = deque()
+        self.rejections: deque[float] | None = None
         self.timers: list[asyncio.TimerHandle] = []
         self._on_overflow = on_overflow
 
@@ -87,6 +88,8 @@ class Connection:
             self._on_overflow(self)
             self.start_close(CloseCode.POLICY_VIOLATION, "slow consumer: outgoing queue overflowed")
             return
+        if self.queue is _NO_FRAMES:
+            self.queue = deque()
         self.queue.append(frame)
         self.queued_bytes += size
         if self.writer is None:

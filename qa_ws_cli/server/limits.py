@@ -69,7 +69,8 @@ class RateLimiter:
         return None
 
     def abusive(self, rejections: deque[float], now: float) -> bool:
-        """Record one rejection; True once a minute holds more than the abuse threshold."""
+        """Record one rejection in ``rejections``; True once a minute holds more than the
+        abuse threshold."""
         rejections.append(now)
         while rejections and rejections[0] < now - 60.0:
             rejections.popleft()

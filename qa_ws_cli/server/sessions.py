@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +42,11 @@ class Session:
     __slots__ = (
         "answers",
         "buffer",
+        "buffer_events",
         "connection",
         "detached_at",
         "history",
+        "history_turns",
         "id",
         "inflight",
         "max_answers",
@@ -56,11 +58,14 @@ class Session:
         self.id = session_id
         self.user = user
         self.seq = 0
-        self.buffer: deque[tuple[int, float, str]] = deque(maxlen=settings.buffer_events)
-        self.answers: OrderedDict[str, str] = OrderedDict()
+        # created on first use: an empty deque costs 600 bytes, and most sessions sit idle
+        self.buffer: deque[tuple[int, float, str]] | None = None
+        self.buffer_events = settings.buffer_events
+        self.answers: dict[str, str] = {}
         self.max_answers = settings.max_answered_ids
         self.inflight: dict[str, ChatRun] = {}
-        self.history: deque[Turn] = deque(maxlen=2 * settings.history_turns)
+        self.history: deque[Turn] | None = None
+        self.history_turns = settings.history_turns
         self.connection: Connection | None = None
         self.detached_at: float | None = time.monotonic()
 
@@ -68,7 +73,9 @@ class Session:
         """Emit a replayable event: give it the next ``seq``, keep it, send it if attached."""
         self.seq += 1
         frame = encode(make(self.seq))
-        if self.buffer.maxlen:
+        if self.buffer_events:
+            if self.buffer is None:
+                self.buffer = deque(maxlen=self.buffer_events)
             self.buffer.append((self.seq, time.monotonic(), frame))
         if self.connection is not None:
             self.connection.send(frame)
@@ -82,22 +89,32 @@ class Session:
     def remember_answer(self, chat_id: str, frame: str) -> None:
         if not self.max_answers:
             return
-        self.answers[chat_id] = frame
-        if len(self.answers) > self.max_answers:
-            self.answers.popitem(last=False)
+        answers = self.answers
+        answers[chat_id] = frame
+        if len(answers) > self.max_answers:
+            del answers[next(iter(answers))]  # the oldest: dicts keep insertion order
+
+    def remember_turn(self, question: str, answer: str) -> None:
+        """Recent turns, for backends that send history (bounded by ``history_turns``)."""
+        if not self.history_turns:
+            return
+        if self.history is None:
+            self.history = deque(maxlen=2 * self.history_turns)
+        self.history.extend((Turn("user", question), Turn("assistant", answer)))
 
     def replay_after(self, last_seq: int, max_age_s: float) -> list[str] | None:
         """The kept frames after ``last_seq``, or None when the gap cannot be filled."""
         if last_seq < 0 or last_seq > self.seq:
             return None
+        buffer = self.buffer
         horizon = time.monotonic() - max_age_s
-        while self.buffer and self.buffer[0][1] < horizon:
-            self.buffer.popleft()
+        while buffer and buffer[0][1] < horizon:
+            buffer.popleft()
         if last_seq == self.seq:
             return []
-        if not self.buffer or self.buffer[0][0] > last_seq + 1:
+        if not buffer or buffer[0][0] > last_seq + 1:
             return None
-        return [frame for seq, _, frame in self.buffer if seq > last_seq]
+        return [frame for seq, _, frame in buffer if seq > last_seq]
 
 
 class SessionManager:
