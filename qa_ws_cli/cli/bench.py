@@ -36,8 +36,7 @@ from qa_ws_cli.bench.spec import (
     Scenario,
     check_url,
 )
-from qa_ws_cli.cli.common import ConfigOption, err_console, fail
-from qa_ws_cli.cli.send import default_url
+from qa_ws_cli.cli.common import ConfigOption, default_url, err_console, fail
 from qa_ws_cli.config import Settings, load_settings, parse_duration
 from qa_ws_cli.errors import QaWsError
 

@@ -11,7 +11,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from qa_ws_cli.config import LoadedSettings, load_settings
+from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.config import LoadedSettings, Settings, load_settings
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConfigError,
@@ -31,6 +32,14 @@ ConfigOption = Annotated[
         dir_okay=False,
         readable=True,
     ),
+]
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="Server URL (default: from the config).")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."),
 ]
 
 # exit codes shared by the client commands (documented in the README)
@@ -69,6 +78,24 @@ def _prune(tree: dict[str, Any]) -> dict[str, Any]:
         elif value is not None:
             out[key] = value
     return out
+
+
+def default_url(settings: Settings) -> str:
+    scheme = "wss" if settings.server.ssl.certfile else "ws"
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"{scheme}://{host}:{settings.server.port}/ws"
+
+
+def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str | None:
+    if token:
+        return token
+    if sub:
+        try:
+            return issue_token(settings, sub, ttl_s=3600)[0]
+        except QaWsError as exc:
+            fail(f"--sub needs the signing key: {exc.message}")
+    return None
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -13,27 +13,23 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.common import (
     EXIT_REFUSED,
     ConfigOption,
+    TokenOption,
+    UrlOption,
+    default_url,
     exit_code_for,
     fail,
     failures,
+    resolve_token,
     settings_from,
 )
-from qa_ws_cli.cli.send import default_url, resolve_token
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.client.plain import run_plain, stdin_lines
 from qa_ws_cli.errors import HandshakeRefused
 
 
 def command(
-    url: Annotated[
-        str | None, typer.Option("--url", help="Server URL (default from config).")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."
-        ),
-    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
     sub: Annotated[
         str | None,
         typer.Option(

@@ -9,43 +9,27 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli.auth.tokens import issue_token
-from qa_ws_cli.cli.common import ConfigOption, err_console, exit_code_for, fail, settings_from
+from qa_ws_cli.cli.common import (
+    ConfigOption,
+    TokenOption,
+    UrlOption,
+    default_url,
+    err_console,
+    exit_code_for,
+    fail,
+    resolve_token,
+    settings_from,
+)
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
-from qa_ws_cli.config import Settings
 from qa_ws_cli.errors import QaWsError
-
-
-def default_url(settings: Settings) -> str:
-    scheme = "wss" if settings.server.ssl.certfile else "ws"
-    host = settings.server.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    return f"{scheme}://{host}:{settings.server.port}/ws"
-
-
-def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str | None:
-    if token:
-        return token
-    if sub:
-        try:
-            return issue_token(settings, sub, ttl_s=3600)[0]
-        except QaWsError as exc:
-            fail(f"--sub needs the signing key: {exc.message}")
-    return None
 
 
 def command(
     message: Annotated[
         str, typer.Argument(help="The question, or - to send stdin's lines one by one.")
     ],
-    url: Annotated[
-        str | None, typer.Option("--url", help="Server URL (default from config).")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."
-        ),
-    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
     sub: Annotated[
         str | None, typer.Option("--sub", help="Mint a token for this user (needs the secret).")
     ] = None,
