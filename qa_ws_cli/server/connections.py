@@ -27,6 +27,11 @@ _NO_FRAMES: deque[str] = deque(maxlen=0)  # shared and always empty: idle connec
 CLOSE_GRACE_S = 5.0  # after a close, time for a slow reader to get its close frame
 
 
+def _wire_size(frame: str) -> int:
+    """Bytes on the wire: the queue's budget is in bytes, and answers are often not ASCII."""
+    return len(frame) if frame.isascii() else len(frame.encode())
+
+
 class Connection:
     __slots__ = (
         "_on_overflow",
@@ -79,11 +84,11 @@ class Connection:
         """Queue one text frame; overflowing the byte budget closes the connection (1008)."""
         if self.closing:
             return
-        size = len(frame)
         transport = self.transport
         if self.writer is None and transport is not None and not transport.get_write_buffer_size():
             self._write_now(frame)
             return
+        size = _wire_size(frame)
         if self.queued_bytes + size > self.queue_limit:
             self._on_overflow(self)
             self.start_close(CloseCode.POLICY_VIOLATION, "slow consumer: outgoing queue overflowed")
@@ -120,7 +125,7 @@ class Connection:
                 frame = queue[0]
                 await ws.send_str(frame)
                 queue.popleft()
-                self.queued_bytes -= len(frame)
+                self.queued_bytes -= _wire_size(frame)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             queue.clear()
             self.queued_bytes = 0
