@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from qa_ws_cli.errors import ConfigError
@@ -125,6 +125,28 @@ class ShutdownSettings(_Section):
     reconnect_after_ms: int = Field(1000, ge=0)
 
 
+STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
+class StoreSettings(_Section):
+    url: str | None = Field(
+        None, description="redis://host:port/db, rediss://… or unix:///path; null: in memory"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in STORE_SCHEMES:
+            raise ValueError(
+                f"the scheme must be one of {', '.join(STORE_SCHEMES)} "
+                f"(e.g. redis://127.0.0.1:6379/0), not {scheme or 'missing'!r}"
+            )
+        return url
+
+
 class Settings(BaseSettings):
     """Everything the gateway and the tools need, as one validated tree."""
 
@@ -140,6 +162,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    store: StoreSettings = StoreSettings()
 
     def secret(self) -> str | None:
         key = self.security.secret_key

@@ -28,6 +28,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import Settings, load_settings
 from qa_ws_cli.server.app import create_app
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.store import Store
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -73,8 +74,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(settings: Settings, agent: Agent | None = None) -> AsyncIterator[Running]:
-    app = create_app(settings, agent or DemoAgent(latency_ms=settings.agent.demo_latency_ms))
+async def run_gateway(
+    settings: Settings, agent: Agent | None = None, store: Store | None = None
+) -> AsyncIterator[Running]:
+    app = create_app(settings, agent or DemoAgent(latency_ms=settings.agent.demo_latency_ms), store)
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -14,7 +14,9 @@ from qa_ws_cli.cli.common import ConfigOption, err_console, fail, failures, sett
 from qa_ws_cli.config import Settings, ensure_secret
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.logs import configure_logging
+from qa_ws_cli.server.redis_store import RedisStore
 from qa_ws_cli.server.runner import serve
+from qa_ws_cli.server.store import Store
 
 
 def command(
@@ -69,14 +71,23 @@ def command(
     with failures():
         backend = load_agent(settings.agent)
         configure_logging(settings.logging)
-        asyncio.run(serve(settings, backend, on_ready=lambda url: _announce(settings, url, dev)))
+        store: Store | None = RedisStore(settings.store.url) if settings.store.url else None
+        asyncio.run(
+            serve(
+                settings,
+                backend,
+                store=store,
+                on_ready=lambda url: _announce(settings, url, dev, store),
+            )
+        )
 
 
-def _announce(settings: Settings, url: str, dev: bool) -> None:
+def _announce(settings: Settings, url: str, dev: bool, store: Store | None) -> None:
     auth = settings.security.authentication.enabled
     err_console.print(
         f"[bold green]qa-ws[/] listening on [bold]{url}[/] "
-        f"(agent: {settings.agent.spec}, auth: {'on' if auth else 'OFF'})"
+        f"(agent: {settings.agent.spec}, auth: {'on' if auth else 'OFF'}, "
+        f"store: {store.name if store else 'memory'})"
     )
     page = url.replace("ws", "http", 1).removesuffix("/ws") + "/"
     err_console.print(f"chat page: {page}   health: {page}healthz   metrics: {page}metrics")

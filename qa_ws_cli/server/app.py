@@ -45,6 +45,7 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
+    await gateway.store.start()
     housekeeping = asyncio.get_running_loop().create_task(gateway.housekeeping_loop())
     yield
     housekeeping.cancel()

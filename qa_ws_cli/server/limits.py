@@ -3,10 +3,14 @@
 Two windows are checked per message: ``burst`` per second and ``max_requests_per_minute`` per
 minute, both per token ``sub`` across all of that user's connections. The counters live in a
 ``limits`` storage, so a Redis storage can replace the in-memory one without touching callers.
+When that storage fails (Redis down), the limiter fails open: messages are allowed, the storage
+is not asked again for ``STORAGE_RETRY_S`` (a hung Redis must not add its timeout to every
+chat), and a warning is logged at most every ``STORAGE_WARNING_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -14,8 +18,12 @@ from collections import deque
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 
 from qa_ws_cli.config import RateLimitSettings
+
+STORAGE_WARNING_INTERVAL_S = 10.0
+STORAGE_RETRY_S = 1.0
 
 
 class MemoryLimitStorage(MemoryStorage):
@@ -58,14 +66,27 @@ class RateLimiter:
             (SlidingWindowCounterRateLimiter(storage), self.per_minute),
         )
         self.abuse_threshold = int(settings.abuse_factor * settings.max_requests_per_minute)
+        self._warned_at = -STORAGE_WARNING_INTERVAL_S
+        self._open_until = 0.0
 
     async def hit(self, user: str) -> float | None:
         """Count one message; None when allowed, else the seconds after which to retry."""
-        for strategy, item in self.windows:
-            if not await strategy.hit(item, user):
-                stats = await strategy.get_window_stats(item, user)
-                # rounded up: a client that waits exactly this long must not be early
-                return max(0.1, math.ceil((stats.reset_time - time.time()) * 10) / 10)
+        if self._open_until and time.monotonic() < self._open_until:
+            return None  # failing open: the storage failed a moment ago
+        try:
+            for strategy, item in self.windows:
+                if not await strategy.hit(item, user):
+                    stats = await strategy.get_window_stats(item, user)
+                    # rounded up: a client that waits exactly this long must not be early
+                    return max(0.1, math.ceil((stats.reset_time - time.time()) * 10) / 10)
+        except StorageError as exc:  # fail open: a storage outage must not stop every chat
+            now = time.monotonic()
+            self._open_until = now + STORAGE_RETRY_S
+            if now - self._warned_at >= STORAGE_WARNING_INTERVAL_S:
+                self._warned_at = now
+                logging.getLogger("qa_ws.server").warning(
+                    "rate-limit storage unavailable, allowing messages: %s", exc.storage_error
+                )
         return None
 
     def abusive(self, rejections: deque[float], now: float) -> bool:

@@ -1,7 +1,7 @@
 """Shared state behind one small interface: rate-limit counters and broadcast fan-out.
 
-``MemoryStore`` is the embedded default (one process). A store for several instances
-(Redis) implements the same methods; nothing else knows which one runs.
+``MemoryStore`` is the embedded default (one process); ``RedisStore`` (``redis_store.py``)
+serves several instances. Nothing else knows which one runs.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class Store(ABC):
     @abstractmethod
     async def broadcast(self, message: str) -> int:
         """Fan a broadcast out to every instance; returns the count delivered (as known)."""
+
+    async def start(self) -> None:
+        """Open what needs the running loop (a subscriber task); called once at app startup."""
+        return None
 
     async def ping(self) -> bool:
         return True

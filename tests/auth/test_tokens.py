@@ -86,7 +86,11 @@ NOW = int(time.time())
         (_hs({"sub": "a", "iat": NOW}), "invalid_token", "'exp'"),
         (_hs({"sub": "a", "exp": NOW + 86400}), "invalid_token", "'iat'"),
         (_hs({"sub": "", "iat": NOW, "exp": NOW + 86400}), "invalid_token", "sub"),
-        (_hs({"sub": "a", "iat": NOW, "exp": NOW + 86400}, alg="HS512"), "invalid_token", "algorithm"),
+        (
+            _hs({"sub": "a", "iat": NOW, "exp": NOW + 86400}, alg="HS512"),
+            "invalid_token",
+            "algorithm",
+        ),
         ("not.a.token", "invalid_token", "malformed"),
     ],
 )

@@ -100,7 +100,10 @@ def _token(payload: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> st
     [
         (None, "missing_token"),
         (_token({"sub": "a", "iat": NOW - 99, "exp": NOW - 9}), "token_expired"),
-        (_token({"sub": "a", "iat": NOW, "exp": NOW + 86400, "nbf": NOW + 864009}), "invalid_token"),
+        (
+            _token({"sub": "a", "iat": NOW, "exp": NOW + 86400, "nbf": NOW + 864009}),
+            "invalid_token",
+        ),
         (
             _token({"sub": "a", "iat": NOW, "exp": NOW + 86400}, key="wrong-" + "k" * 40),
             "invalid_token",

@@ -1,0 +1,340 @@
+"""``RedisStore`` against a real ``redis-server``: two gateways share one Redis.
+
+Each test starts its own ``redis-server`` on a free loopback port (no persistence), so a test
+may kill it and start it again on the same port. Without the binary the tests are skipped,
+unless ``QA_WS_REQUIRE_ALL=1`` asks for every test to run (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from qa_ws_cli.agents.builtin import EchoAgent
+from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.config import load_settings
+from qa_ws_cli.errors import ConfigError
+from qa_ws_cli.server.redis_store import CHANNEL, RedisStore, check_store_url
+from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
+from tests.server.wire import chat, connect, eventually, next_event, ping, until
+
+REDIS = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` process, which a test may stop and start again on the same port."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+        argv = [self.binary, "--daemonize", "no"]
+        for name, value in options.items():
+            argv += [f"--{name}", str(value)]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.answers():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise AssertionError(f"redis-server did not start on port {self.port}")
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers, like a network blackhole."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a stopped process too
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("QA_WS_REQUIRE_ALL") == "1":
+            pytest.fail(f"QA_WS_REQUIRE_ALL=1 but {reason}")
+        pytest.skip(reason)
+    server = RedisServer(REDIS, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def cluster_settings(tmp_path: Path, **rate: Any) -> Any:
+    return make_settings(
+        tmp_path,
+        security={"rate_limiting": {"burst": 1000, **rate}},
+        agent={"spec": "echo"},
+    )
+
+
+@pytest.fixture
+async def pair(
+    tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[tuple[Running, Running, RedisStore, RedisStore]]:
+    """Two gateways (A and B) in front of the same Redis, as two instances behind nginx."""
+    settings = cluster_settings(tmp_path, max_requests_per_minute=4)
+    store_a, store_b = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    async with (
+        run_gateway(settings, EchoAgent(), store_a) as a,
+        run_gateway(settings, EchoAgent(), store_b) as b,
+    ):
+        assert store_a.subscribed and store_b.subscribed  # start() waited for them
+        yield a, b, store_a, store_b
+
+
+async def post_broadcast(
+    http: aiohttp.ClientSession, gw: Running, message: str
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {gw.token('ops', scope='chat admin')}"}
+    async with http.post(
+        gw.http + "/admin/broadcast", json={"message": message}, headers=headers
+    ) as response:
+        return response.status, await response.json()
+
+
+async def readyz(http: aiohttp.ClientSession, gw: Running) -> tuple[int, dict[str, Any]]:
+    async with http.get(gw.http + "/readyz") as response:
+        return response.status, await response.json()
+
+
+def is_broadcast(message: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("event") == "broadcast" and e.get("message") == message
+
+
+async def test_a_users_rate_limit_is_counted_across_instances(
+    pair: tuple[Running, Running, RedisStore, RedisStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = pair
+    on_a, _ = await connect(http, a, "alice")
+    on_b, _ = await connect(http, b, "alice")
+    for n in range(2):
+        assert (await chat(on_a, f"a{n}"))["type"] == "agent_response"
+        assert (await chat(on_b, f"b{n}"))["type"] == "agent_response"
+
+    refused = await chat(on_b, "b2")  # the fifth message in the minute, over both instances
+    assert refused["type"] == "error" and refused["code"] == "rate_limited"
+    assert 0 < refused["retry_after"] <= 60
+    assert (await chat(on_a, "a2"))["code"] == "rate_limited"
+    bob, _ = await connect(http, a, "bob")  # another user has a budget of his own
+    assert (await chat(bob, "c0", "hi"))["content"] == "hi"
+
+
+async def test_a_broadcast_to_one_instance_reaches_the_clients_of_every_instance(
+    pair: tuple[Running, Running, RedisStore, RedisStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = pair
+    on_a, _ = await connect(http, a, "alice")
+    on_b, _ = await connect(http, b, "bob")
+    also_b, _ = await connect(http, b, "carol")
+
+    status, body = await post_broadcast(http, a, "maintenance at noon")
+    assert status == 202
+    assert body == {"delivered_to": 1}  # N: connections on the instance that took the POST
+    for ws in (on_a, on_b, also_b):
+        event = (await until(ws, is_broadcast("maintenance at noon")))[-1]
+        assert event["type"] == "system_event" and isinstance(event["seq"], int)
+
+    status, body = await post_broadcast(http, b, "from B")
+    assert (status, body) == (202, {"delivered_to": 2})
+    assert (await until(on_a, is_broadcast("from B")))[-1]["message"] == "from B"
+    # A's own envelope came back over Redis and was ignored: one broadcast each, no echo
+    await ping(on_a, "p1")
+    await ping(on_b, "p2")
+    for ws in (on_a, on_b):
+        with pytest.raises(TimeoutError):
+            await next_event(ws, timeout=0.3)
+
+
+async def test_redis_going_away_fails_open_and_the_subscriber_comes_back(
+    pair: tuple[Running, Running, RedisStore, RedisStore],
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b, store_a, store_b = pair
+    status, body = await readyz(http, a)
+    assert status == 200 and body["checks"]["store"] is True
+    on_a, _ = await connect(http, a, "alice")
+    on_b, _ = await connect(http, b, "bob")
+
+    redis_server.stop()
+    status, body = await readyz(http, a)
+    assert status == 503 and body["checks"]["store"] is False
+    with caplog.at_level(logging.WARNING, logger="qa_ws.server"):
+        for n in range(6):  # past the limit of 4: Redis cannot count, so the limiter allows
+            answer = await chat(on_a, f"down{n}", f"still here {n}")
+            assert answer["type"] == "agent_response", answer
+    outage_warnings = [r for r in caplog.records if "rate-limit storage" in r.getMessage()]
+    assert len(outage_warnings) == 1  # once per 10 s, not once per message
+    status, body = await post_broadcast(http, a, "local only")
+    assert (status, body) == (202, {"delivered_to": 1})  # this instance's clients still get it
+    await until(on_a, is_broadcast("local only"))
+    await eventually(lambda: not store_b.subscribed, what="B noticed the outage")
+
+    redis_server.start()
+    await eventually(lambda: store_a.subscribed and store_b.subscribed, what="resubscribed")
+    status, body = await readyz(http, b)
+    assert status == 200 and body["checks"]["store"] is True
+    status, body = await post_broadcast(http, a, "back again")
+    assert (status, body) == (202, {"delivered_to": 1})
+    await until(on_b, is_broadcast("back again"))
+    assert (await chat(on_b, "up0"))["type"] == "agent_response"  # counting again
+
+
+async def test_a_gateway_starts_while_redis_is_down_and_recovers_when_it_comes(
+    tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    redis_server.stop()
+    store = RedisStore(redis_server.url, timeout_s=0.5)
+    async with run_gateway(cluster_settings(tmp_path), EchoAgent(), store) as gw:
+        status, body = await readyz(http, gw)
+        assert status == 503 and body["checks"] == {
+            "accepting": True,
+            "agent": True,
+            "store": False,
+        }
+        ws, _ = await connect(http, gw)
+        assert (await chat(ws, "m0", "works"))["content"] == "works"
+
+        redis_server.start()
+        await eventually(lambda: store.subscribed, what="subscribed once Redis came")
+        assert (await readyz(http, gw))[0] == 200
+
+
+async def test_a_hung_redis_is_noticed_and_costs_chats_little(
+    tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    store = RedisStore(redis_server.url, timeout_s=0.3, health_check_s=0.2)
+    settings = cluster_settings(tmp_path, max_requests_per_minute=1000)
+    async with run_gateway(settings, EchoAgent(), store) as gw:
+        ws, _ = await connect(http, gw)
+        redis_server.pause()
+        try:
+            await eventually(lambda: not store.subscribed, what="the silent Redis noticed")
+            assert (await readyz(http, gw))[0] == 503
+            started = time.monotonic()
+            for n in range(10):  # one of them waits for the timeout, the rest skip the storage
+                assert (await chat(ws, f"h{n}"))["type"] == "agent_response"
+            assert time.monotonic() - started < 3.0  # without the 1 s pause: 10 timeouts
+        finally:
+            redis_server.resume()
+        await eventually(lambda: store.subscribed, what="subscribed again")
+        assert (await readyz(http, gw))[0] == 200
+
+
+async def test_a_served_process_uses_the_redis_store_from_the_environment(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    spawn_server: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+) -> None:
+    env = server_env(tmp_path, WEBSOCKET_STORE__URL=redis_server.url)
+    server = spawn_server("--agent", "echo", env=env)
+    assert "store: redis" in server.output()
+    base = server.url.removeprefix("ws").removesuffix("/ws")
+    async with http.get("http" + base + "/readyz") as response:
+        assert response.status == 200 and (await response.json())["checks"]["store"] is True
+    token, _ = issue_token(make_settings(tmp_path), "dora")  # the secret server_env sets
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.ws_connect(server.url, headers=headers) as ws:
+        assert (await next_event(ws))["event"] == "connected"
+        assert (await chat(ws, "m1", "over redis"))["content"] == "over redis"
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.keys("qa-ws:limits*")  # the counters live in Redis
+    finally:
+        client.close()
+    assert server.stop() == 0
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "memcached://x:1"])
+def test_a_store_url_with_another_scheme_is_refused_naming_the_setting(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(tmp_path, store={"url": url})
+    assert caught.value.path == "websocket.store.url"
+    assert "websocket.store.url" in str(caught.value) and "redis" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"websocket\.store\.url"):
+        check_store_url(url)
+
+
+def test_the_store_url_comes_from_the_environment_and_defaults_to_memory(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).store.url is None
+    env = {"WEBSOCKET_STORE__URL": "rediss://cache.internal:6380/2"}
+    loaded = load_settings(Path(os.devnull), environ=env)
+    assert loaded.settings.store.url == "rediss://cache.internal:6380/2"
+    assert loaded.origins["store.url"] == "environment"
+    unix = make_settings(tmp_path, store={"url": "unix:///run/redis.sock?db=1"})
+    assert unix.store.url == "unix:///run/redis.sock?db=1"
+    assert make_settings(tmp_path, store={"url": ""}).store.url is None
+
+
+async def test_aclose_ends_the_subscription_and_may_be_called_twice(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url)
+    await store.start()
+    assert store.subscribed and await store.ping() and store.prune() == 0
+    await store.aclose()
+    await store.aclose()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await eventually(
+            lambda: client.pubsub_numsub(CHANNEL) == [(CHANNEL.encode(), 0)],
+            what="no subscriber left",
+        )
+    finally:
+        client.close()
