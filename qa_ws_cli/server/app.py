@@ -27,7 +27,7 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
     if cors.enabled:
-        middlewares.append(origin_middleware(cors.origins))
+        middlewares.append(origin_middleware())
     middlewares += [auth_middleware(), caps_middleware()]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[GATEWAY] = gateway

@@ -52,6 +52,7 @@ class Gateway:
         self.revocations = RevocationList(auth.revocation_file)
         self.frames = FrameHandler(self)
         self.draining = False
+        self.allowed_origins = set(settings.security.cors.origins)
         self._agent_ready: tuple[float, bool] = (0.0, False)
         store.on_broadcast(self.deliver_broadcast)
         lim = settings.limits
@@ -68,6 +69,17 @@ class Gateway:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
         }
+
+    def allow_own_origins(self, port: int, tls: bool) -> None:
+        """Allow the loopback origins of the page this server serves itself (``GET /``).
+
+        The configured list names the public origins; a server started on another port (or
+        ``--port 0``) would otherwise refuse its own chat page. Loopback names only: a DNS
+        rebinding page cannot present one of them as its Origin.
+        """
+        scheme = "https" if tls else "http"
+        for name in ("127.0.0.1", "localhost", "[::1]"):
+            self.allowed_origins.add(f"{scheme}://{name}:{port}")
 
     # -- connection lifetime ---------------------------------------------------------------
 

@@ -63,12 +63,13 @@ def request_id_middleware() -> Middleware:
     return middleware
 
 
-def origin_middleware(origins: list[str]) -> Middleware:
-    allowed = frozenset(origins)
+def origin_middleware() -> Middleware:
+    """Exact match against the gateway's allowlist (the config's, plus its own page's origins)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
+        allowed = request.app[GATEWAY].allowed_origins
         if origin is not None and origin not in allowed and _guarded(request.path):
             return refusal(
                 request.app[GATEWAY],

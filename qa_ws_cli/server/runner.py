@@ -68,6 +68,7 @@ async def serve(
             path="websocket.server.port",
         ) from None
     port = runner.addresses[0][1] if runner.addresses else settings.server.port
+    app[GATEWAY].allow_own_origins(port, tls is not None)
     url = f"{'wss' if tls else 'ws'}://{settings.server.host}:{port}/ws"
     stop = asyncio.Event()
     signals = 0

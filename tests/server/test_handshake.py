@@ -239,3 +239,19 @@ async def test_admin_broadcast_reaches_every_connection(
             assert resp.status == 400 and (await resp.json())["error"] == "invalid_message"
     async with http.post(gateway.http + "/admin/broadcast", data=b"{", headers=admin) as resp:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
+
+
+async def test_the_servers_own_page_origin_is_allowed_once_it_knows_its_port(
+    gateway: Running, http: aiohttp.ClientSession
+) -> None:
+    port = int(gateway.http.rsplit(":", 1)[1])
+    own = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {gateway.token()}"}
+    status, body, _ = await refused(http, gateway.url, headers={"Origin": own, **auth})
+    assert (status, body["error"]) == (403, "origin_not_allowed")  # not configured, not known yet
+    gateway.gateway.allow_own_origins(port, tls=False)
+    async with http.ws_connect(gateway.url, origin=own, headers=auth) as ws:
+        assert (await ws.receive_json(timeout=5))["event"] == "connected"
+    for other in (f"http://evil.example:{port}", f"https://127.0.0.1:{port}", "http://127.0.0.1:1"):
+        status, body, _ = await refused(http, gateway.url, headers={"Origin": other, **auth})
+        assert (status, body["error"]) == (403, "origin_not_allowed")
