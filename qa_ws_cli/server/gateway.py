@@ -174,7 +174,8 @@ class Gateway:
     # -- shutdown ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Refuse new connections, tell every client, let answers finish, then close with 1001."""
+        """Refuse new connections, tell every client, let answers finish, close with 1001, and
+        hand the sessions to the store so an instance started later can resume them."""
         if self.draining:
             return
         self.draining = True
@@ -198,7 +199,10 @@ class Gateway:
         for run in self.sessions.runs():  # past the deadline: stop what is left
             run.task.cancel()
         await self.connections.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        log_event(self.log, "drained")
+        kept = await self.store.save_sessions(
+            self.sessions.snapshots(), self.settings.sessions.ttl_s
+        )
+        log_event(self.log, "drained", sessions_handed_over=kept)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

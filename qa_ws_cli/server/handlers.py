@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from importlib import resources
@@ -25,11 +26,14 @@ _CSP = (
     "default-src 'self'; connect-src 'self' ws: wss:; "
     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
 )
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as SessionManager.create makes them
 _CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 
 
 def _resume_point(request: web.Request) -> tuple[str | None, int]:
     session_id = request.query.get("session_id") or None
+    if session_id is not None and not _SESSION_ID.fullmatch(session_id):
+        session_id = None  # not one this server could have made: a fresh session
     raw = request.query.get("last_seq", "0")
     last_seq = int(raw) if raw.isdigit() and len(raw) < 19 else -1  # -1: cannot be resumed
     return session_id, last_seq
@@ -43,6 +47,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     replay: list[str] = []
     if session_id is not None:
         existing = gw.sessions.get(session_id)
+        if existing is None and last_seq >= 0:  # perhaps handed over by a drained instance
+            snapshot = await gw.store.take_session(session_id)
+            if snapshot is not None:
+                existing = gw.sessions.restore(snapshot)
         if existing is not None and existing.user != claims.sub:
             return refusal(
                 gw,

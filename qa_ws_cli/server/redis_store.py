@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,10 +35,11 @@ from redis.backoff import NoBackoff
 
 from qa_ws_cli.config import STORE_SCHEMES
 from qa_ws_cli.errors import ConfigError
-from qa_ws_cli.server.store import BroadcastHandler, Store
+from qa_ws_cli.server.store import BroadcastHandler, SessionSnapshot, Store
 
 CHANNEL = "qa-ws:broadcast"
 KEY_PREFIX = "qa-ws:limits"
+SESSION_PREFIX = "qa-ws:session"  # sessions handed over by a draining instance
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 HEALTH_CHECK_S = 5.0  # the subscriber pings this often; silence past twice that: reconnect
@@ -124,6 +126,40 @@ class RedisStore(Store):
         except Exception as exc:  # the local delivery stands; the others miss this one
             log.warning("broadcast not published to the other instances: %s", exc)
         return delivered
+
+    async def save_sessions(self, snapshots: Sequence[SessionSnapshot], ttl_s: float) -> int:
+        if not snapshots:
+            return 0
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for snapshot in snapshots:
+                    pipe.set(
+                        self._session_key(snapshot["id"]),
+                        json.dumps(snapshot),
+                        ex=max(1, int(ttl_s)),
+                    )
+                await pipe.execute()
+        except Exception as exc:  # a drain must finish even when Redis is away
+            log.warning("sessions not handed over (they cannot be resumed elsewhere): %s", exc)
+            return 0
+        return len(snapshots)
+
+    async def take_session(self, session_id: str) -> SessionSnapshot | None:
+        try:
+            raw = await self._redis.getdel(self._session_key(session_id))
+        except Exception as exc:
+            log.warning("session hand-over unavailable: %s", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            snapshot: SessionSnapshot = json.loads(raw)
+        except ValueError:
+            return None
+        return snapshot
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{SESSION_PREFIX}:{session_id}"
 
     async def ping(self) -> bool:
         try:

@@ -102,6 +102,18 @@ class Session:
             self.history = deque(maxlen=2 * self.history_turns)
         self.history.extend((Turn("user", question), Turn("assistant", answer)))
 
+    def snapshot(self) -> dict[str, Any]:
+        """What a later instance needs to resume this session (JSON-safe; ages, not clocks)."""
+        now = time.monotonic()
+        return {
+            "id": self.id,
+            "user": self.user,
+            "seq": self.seq,
+            "buffer": [[seq, now - at, frame] for seq, at, frame in self.buffer or ()],
+            "answers": self.answers,
+            "history": [[turn.role, turn.content] for turn in self.history or ()],
+        }
+
     def replay_after(self, last_seq: int, max_age_s: float) -> list[str] | None:
         """The kept frames after ``last_seq``, or None when the gap cannot be filled."""
         if last_seq < 0 or last_seq > self.seq:
@@ -133,6 +145,25 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def restore(self, snapshot: dict[str, Any]) -> Session:
+        """A session handed over by an instance that drained (see ``Session.snapshot``)."""
+        session = Session(str(snapshot["id"]), str(snapshot["user"]), self.settings)
+        session.seq = int(snapshot["seq"])
+        now = time.monotonic()
+        if session.buffer_events:
+            kept = snapshot["buffer"]
+            session.buffer = deque(
+                ((int(seq), now - float(age), str(frame)) for seq, age, frame in kept),
+                maxlen=session.buffer_events,
+            )
+        for chat_id, frame in snapshot["answers"].items():
+            session.remember_answer(str(chat_id), str(frame))
+        turns = snapshot["history"]
+        for (_, question), (_, answer) in zip(turns[::2], turns[1::2], strict=False):
+            session.remember_turn(str(question), str(answer))
+        self._sessions[session.id] = session
+        return session
+
     def attach(self, session: Session, conn: Connection) -> Connection | None:
         """Bind ``conn``; returns a connection that held the session before (to be closed)."""
         previous = session.connection
@@ -163,6 +194,9 @@ class SessionManager:
 
     def drop(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [session.snapshot() for session in self._sessions.values()]
 
     def inflight(self) -> int:
         return sum(len(s.inflight) for s in self._sessions.values())

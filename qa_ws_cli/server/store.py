@@ -1,4 +1,5 @@
-"""Shared state behind one small interface: rate-limit counters and broadcast fan-out.
+"""Shared state behind one small interface: rate-limit counters, broadcast fan-out, and the
+hand-over of sessions across a restart.
 
 ``MemoryStore`` is the embedded default (one process); ``RedisStore`` (``redis_store.py``)
 serves several instances. Nothing else knows which one runs.
@@ -7,13 +8,15 @@ serves several instances. Nothing else knows which one runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from limits.aio.storage import Storage
 
 from qa_ws_cli.server.limits import MemoryLimitStorage
 
 BroadcastHandler = Callable[[str], Awaitable[int]]
+SessionSnapshot = dict[str, Any]  # Session.snapshot(): JSON-safe, see sessions.py
 
 
 class Store(ABC):
@@ -37,6 +40,15 @@ class Store(ABC):
 
     async def ping(self) -> bool:
         return True
+
+    async def save_sessions(self, snapshots: Sequence[SessionSnapshot], ttl_s: float) -> int:
+        """Keep sessions past this process (on a drain) for an instance that starts later;
+        returns how many were kept. In memory nothing outlives the process."""
+        return 0
+
+    async def take_session(self, session_id: str) -> SessionSnapshot | None:
+        """A kept session, handed over once (so two instances cannot both resume it)."""
+        return None
 
     def prune(self) -> int:
         """Drop state of users who left; returns how many entries went."""

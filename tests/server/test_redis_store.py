@@ -338,3 +338,54 @@ async def test_aclose_ends_the_subscription_and_may_be_called_twice(
         )
     finally:
         client.close()
+
+
+async def test_sessions_survive_a_restart_through_the_redis_store(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    spawn_server: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+) -> None:
+    """SIGTERM with an answer in flight: it is answered before 1001, handed to Redis, and an
+    instance started afterwards replays it to the client that resumes."""
+    env = server_env(tmp_path, WEBSOCKET_STORE__URL=redis_server.url)
+    first = spawn_server("--demo-latency-ms", "1500", env=env)
+    token, _ = issue_token(make_settings(tmp_path), "erin")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.ws_connect(first.url, headers=headers) as ws:
+        hello = await next_event(ws)
+        await ws.send_json({"type": "chat_message", "id": "q1", "content": "login form?"})
+        assert (await next_event(ws))["type"] == "agent_delta"  # in flight
+        first.proc.send_signal(signal.SIGTERM)
+        frames = [msg.json() async for msg in ws if msg.type is aiohttp.WSMsgType.TEXT]
+        assert ws.close_code == 1001
+    answered = [f for f in frames if f["type"] == "agent_response"]
+    assert len(answered) == 1 and "login form" in answered[0]["content"]
+    assert first.proc.wait(20) == 0
+    assert "sessions_handed_over=1" in first.output()
+
+    second = spawn_server(env=env)
+    params = {"session_id": hello["session_id"], "last_seq": "0"}
+    async with http.ws_connect(second.url, headers=headers, params=params) as ws:
+        again = await next_event(ws)
+        assert again["resumed"] is True and again["session_id"] == hello["session_id"]
+        replayed = [await next_event(ws) for _ in range(again["replayed"])]
+        assert [f["seq"] for f in replayed] == list(range(1, again["replayed"] + 1))
+        assert answered[0] in replayed  # the very frame, seq and all
+        await ws.send_json({"type": "chat_message", "id": "q1", "content": "login form?"})
+        assert (await next_event(ws)) == answered[0]  # answered: not asked again
+    async with http.ws_connect(second.url, headers=headers, params=params) as ws:
+        assert (await next_event(ws))["resumed"] is True  # now held by the second instance
+    other = issue_token(make_settings(tmp_path), "mallory")[0]
+    async with http.get(
+        second.url.replace("ws://", "http://"),
+        params=params,
+        headers={
+            "Authorization": f"Bearer {other}",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    ) as resp:
+        assert resp.status == 403 and (await resp.json())["error"] == "session_forbidden"
