@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from qa_ws_cli.errors import ConfigError
@@ -48,6 +56,8 @@ class ServerSettings(_Section):
     max_connections_per_user: int = Field(10, ge=1)
     name: str = "qa-ws"
     ssl: SSLSettings = SSLSettings()
+    # proxies (addresses or networks) whose X-Forwarded-For names the real client, e.g. nginx
+    trusted_proxies: list[IPvAnyNetwork] = []
 
 
 class AuthenticationSettings(_Section):

@@ -16,6 +16,7 @@ from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.middlewares import (
     auth_middleware,
     caps_middleware,
+    forwarded_middleware,
     origin_middleware,
     request_id_middleware,
 )
@@ -26,6 +27,8 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
     gateway = Gateway(settings, agent, store or MemoryStore())
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
+    if settings.server.trusted_proxies:
+        middlewares.append(forwarded_middleware(settings.server.trusted_proxies))
     if cors.enabled:
         middlewares.append(origin_middleware())
     middlewares += [auth_middleware(), caps_middleware()]

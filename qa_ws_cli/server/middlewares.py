@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -61,6 +62,42 @@ def request_id_middleware() -> Middleware:
         return await handler(request)
 
     return middleware
+
+
+def forwarded_middleware(trusted: Sequence[IPv4Network | IPv6Network]) -> Middleware:
+    """Behind a trusted proxy, the client is the last X-Forwarded-For hop the proxies did not add.
+
+    Only a request whose peer is one of ``server.trusted_proxies`` may say so; anyone else's
+    header is ignored, so a client cannot choose its own address (and its anonymous identity).
+    """
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and request.remote is not None and is_trusted(request.remote):
+            hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+            while hops and is_trusted(hops[-1]):
+                hops.pop()
+            if hops and _looks_like_ip(hops[-1]):
+                return await handler(request.clone(remote=hops[-1]))
+        return await handler(request)
+
+    return middleware
+
+
+def _looks_like_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def origin_middleware() -> Middleware:
