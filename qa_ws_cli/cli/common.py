@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.client.connection import ClientOptions
 from qa_ws_cli.config import LoadedSettings, Settings, load_settings
 from qa_ws_cli.errors import (
     ClientTimeout,
@@ -40,6 +41,10 @@ UrlOption = Annotated[
 TokenOption = Annotated[
     str | None,
     typer.Option("--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."),
+]
+
+CarrierOption = Annotated[
+    str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")
 ]
 
 # exit codes shared by the client commands (documented in the README)
@@ -96,6 +101,28 @@ def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str
         except QaWsError as exc:
             fail(f"--sub needs the signing key: {exc.message}")
     return None
+
+
+def client_options(
+    settings: Settings,
+    *,
+    url: str | None,
+    token: str | None,
+    sub: str | None,
+    carrier: str,
+    **options: Any,
+) -> ClientOptions:
+    """Options for the client commands; with ``--sub`` it mints a fresh token per reconnect."""
+    if carrier not in ("header", "subprotocol", "query"):
+        fail("--carrier must be header, subprotocol or query")
+    signer = (lambda: issue_token(settings, sub, ttl_s=3600)[0]) if sub and not token else None
+    return ClientOptions(
+        url=url or default_url(settings),
+        token=resolve_token(settings, token, sub),
+        carrier=carrier,  # type: ignore[arg-type]  # checked above
+        token_factory=signer,
+        **options,
+    )
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -9,17 +9,16 @@ from typing import Annotated
 
 import typer
 
-from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.common import (
     EXIT_REFUSED,
+    CarrierOption,
     ConfigOption,
     TokenOption,
     UrlOption,
-    default_url,
+    client_options,
     exit_code_for,
     fail,
     failures,
-    resolve_token,
     settings_from,
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
@@ -60,9 +59,7 @@ def command(
             "--max-reconnects", help="Attempts (with backoff) before the connection is given up."
         ),
     ] = 12,
-    carrier: Annotated[
-        str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")
-    ] = "header",
+    carrier: CarrierOption = "header",
     origin: Annotated[str | None, typer.Option("--origin", help="Origin header to send.")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -81,22 +78,20 @@ def command(
     Exit codes: 1 usage or config, 3 handshake refused, 4 connection lost for good,
     5 an answer was an error event, 6 timeout.
     """
-    if carrier not in ("header", "subprotocol", "query"):
-        fail("--carrier must be header, subprotocol or query")
     if timeout <= 0:
         fail("--timeout must be positive")
     if max_reconnects < 0:
         fail("--max-reconnects must not be negative")
     settings = settings_from(config).settings
-    signer = (lambda: issue_token(settings, sub, ttl_s=3600)[0]) if sub and not token else None
-    options = ClientOptions(
-        url=url or default_url(settings),
-        token=resolve_token(settings, token, sub),
-        carrier=carrier,  # type: ignore[arg-type]
+    options = client_options(
+        settings,
+        url=url,
+        token=token,
+        sub=sub,
+        carrier=carrier,
         origin=origin,
         reconnect=True,
         max_reconnects=max_reconnects,
-        token_factory=signer,
         connect_timeout=10.0,
     )
     interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()

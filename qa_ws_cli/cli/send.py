@@ -8,16 +8,15 @@ from typing import Annotated
 
 import typer
 
-from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.common import (
+    CarrierOption,
     ConfigOption,
     TokenOption,
     UrlOption,
-    default_url,
+    client_options,
     err_console,
     exit_code_for,
     fail,
-    resolve_token,
     settings_from,
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
@@ -39,9 +38,7 @@ def command(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for each answer.")
     ] = 60.0,
-    carrier: Annotated[
-        str, typer.Option("--carrier", help="How to present the token: header, subprotocol, query.")
-    ] = "header",
+    carrier: CarrierOption = "header",
     origin: Annotated[str | None, typer.Option("--origin", help="Origin header to send.")] = None,
     reconnect: Annotated[
         bool, typer.Option("--reconnect/--no-reconnect", help="Resume after a lost connection.")
@@ -56,8 +53,6 @@ def command(
 
     Exit codes: 1 usage or config, 3 handshake refused, 4 connection lost, 5 error event, 6 timeout.
     """
-    if carrier not in ("header", "subprotocol", "query"):
-        fail("--carrier must be header, subprotocol or query")
     if timeout <= 0:
         fail("--timeout must be positive")
     settings = settings_from(config).settings
@@ -67,14 +62,14 @@ def command(
         messages = [message]
     if not messages or not all(m.strip() for m in messages):
         fail("nothing to send: the message is empty")
-    signer = (lambda: issue_token(settings, sub, ttl_s=3600)[0]) if sub and not token else None
-    options = ClientOptions(
-        url=url or default_url(settings),
-        token=resolve_token(settings, token, sub),
-        carrier=carrier,  # type: ignore[arg-type]
+    options = client_options(
+        settings,
+        url=url,
+        token=token,
+        sub=sub,
+        carrier=carrier,
         origin=origin,
         reconnect=reconnect,
-        token_factory=signer,
         connect_timeout=min(timeout, 15.0),
     )
     try:
