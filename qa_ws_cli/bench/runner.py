@@ -43,6 +43,7 @@ from qa_ws_cli.bench.users import SCENARIO_USERS
 EXIT_SETUP = 3
 WORKERS_READY_S = 30.0
 FINALS_WAIT_S = 15.0
+QUIT_WAIT_S = 10.0  # Locust waits for every user greenlet to die; ours do within a second
 log = logging.getLogger("qa_ws.bench")
 
 
@@ -157,7 +158,8 @@ def run_load(spec: BenchSpec, spec_path: Path, result_path: Path) -> int:
             # Locust's own stop polls once a second; the workers stop at once and say so
             runner.send_message(STOP_MESSAGE)
             _wait_finals(state, expected)
-        runner.quit()
+        with gevent.Timeout(QUIT_WAIT_S, False):  # results are in; a stuck user must not hang us
+            runner.quit()
     finally:
         for helper in helpers:
             helper.kill(block=False)

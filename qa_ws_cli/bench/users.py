@@ -153,13 +153,23 @@ class QaWsUser(User):
             ws.shutdown()  # type: ignore[no-untyped-call]
 
     def disconnect(self) -> None:
-        """Close normally (1000) and wait briefly for the server's close frame."""
+        """Close normally (1000) and wait briefly for the server's close frame.
+
+        Not ``WebSocket.close``: its bare ``except:`` swallows the GreenletExit with which
+        Locust stops a user, and the stop then waits for that user forever.
+        """
         if self.ws is not None:
             ws, self.ws = self.ws, None
             self.rec.disconnected()
             try:
-                ws.close(timeout=1.0)
+                ws.send_close(websocket.STATUS_NORMAL)
+                ws.settimeout(1.0)
+                for _ in range(MAX_FRAMES_PER_WAIT):  # answers still in flight come first
+                    if ws.recv_data(control_frame=True)[0] == _CLOSE:
+                        break
             except (OSError, websocket.WebSocketException):
+                pass
+            finally:
                 ws.shutdown()  # type: ignore[no-untyped-call]
 
     # -- frames ----------------------------------------------------------------------------
