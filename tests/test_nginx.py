@@ -13,14 +13,11 @@ Without an ``nginx`` binary the tests skip, unless ``QA_WS_REQUIRE_ALL=1`` (CI),
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -33,16 +30,12 @@ from typing import Any, NoReturn
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.protocol.events import SystemEvent
-from tests.conftest import ServerProcess, make_settings, server_env
+from tests.conftest import ServerProcess, free_port, make_settings, self_signed, server_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,45 +58,6 @@ def nginx_binary() -> str:
     if found is None:
         unavailable("no nginx binary (apt-get install nginx-light)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
 
 
 def render(source: str, swaps: dict[str, tuple[str, int]]) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import Settings
+from tests.conftest import free_port
 
 # the spawn_server and settings fixtures come from tests/conftest.py (sharing its secret)
 Spawn = Callable[..., Any]
@@ -117,13 +117,6 @@ def broadcast(ws_url: str, admin_token: str, message: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=5) as answer:
         assert answer.status == 202
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_chat_slash_commands_and_quit(

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import pytest
 from qa_ws_cli.agents.builtin import demo_answer
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import Settings
-from tests.conftest import ServerProcess, server_env
+from tests.conftest import ServerProcess, free_port, server_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -92,13 +91,6 @@ def page(browser: Browser) -> Iterator[Page]:
     opened = context.new_page()
     yield opened
     context.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serve(spawn_server: Spawn, tmp_path: Path, port: int, *args: str) -> ServerProcess:

@@ -27,17 +27,10 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import load_settings
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.redis_store import CHANNEL, RedisStore, check_store_url
-from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
+from tests.conftest import Running, ServerProcess, free_port, make_settings, run_gateway, server_env
 from tests.server.wire import chat, connect, eventually, next_event, ping, until
 
 REDIS = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
