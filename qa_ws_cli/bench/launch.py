@@ -109,7 +109,9 @@ class LocalServer:
             self.cmd += ["--demo-latency-ms", str(demo_latency_ms)]
         if config_file:
             self.cmd += ["--config", config_file]
-        self.env = {**os.environ, **served_env(scenario, self.secret, workdir)}
+        # the server's settings are this run's alone: none of the caller's WEBSOCKET_* leak in
+        inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("WEBSOCKET_")}
+        self.env = {**inherited, **served_env(scenario, self.secret, workdir)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 

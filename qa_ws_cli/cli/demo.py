@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
-import re
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,9 +26,11 @@ from rich.table import Table
 from rich.text import Text
 
 from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.bench.launch import LaunchError, LocalServer
+from qa_ws_cli.bench.samples import percentile as nearest_rank
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.config import Settings, load_settings
-from qa_ws_cli.errors import ConfigError, HandshakeRefused, QaWsError
+from qa_ws_cli.errors import HandshakeRefused, QaWsError
 
 QUESTIONS = (
     "how do I test a login form?",
@@ -41,27 +38,8 @@ QUESTIONS = (
     "how do I tame a flaky test?",
     "what goes into a release smoke suite?",
 )
-_READY = re.compile(r"listening on (wss?://\S+)")
 MARK = "\u203a"  # a quieter speaker mark than ">"
 console = Console(highlight=False)
-
-
-@dataclass
-class DemoServer:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM drains; a server that does not stop in time is killed (and fails)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            return -9
 
 
 def demo_settings(secret: str) -> Settings:
@@ -70,59 +48,9 @@ def demo_settings(secret: str) -> Settings:
     ).settings
 
 
-def start_server(
-    secret: str, workdir: Path, agent: str, latency_ms: float, timeout: float = 20.0
-) -> DemoServer:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WEBSOCKET_")}
-    env.update(
-        WEBSOCKET_SECRET_KEY=secret,
-        WEBSOCKET_SECURITY__AUTHENTICATION__REVOCATION_FILE=str(workdir / "revoked.jsonl"),
-        PYTHONUNBUFFERED="1",
-        COLUMNS="200",
-    )
-    log = workdir / "server.log"
-    args = [
-        sys.executable,
-        "-m",
-        "qa_ws_cli",
-        "serve",
-        "--port",
-        "0",
-        "--agent",
-        agent,
-        "--demo-latency-ms",
-        f"{latency_ms:g}",
-        "--config",
-        os.devnull,
-        "--log-level",
-        "WARNING",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = _READY.search(log.read_text(errors="replace"))
-        if match:
-            return DemoServer(proc, match.group(1), log)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(5)
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    raise ConfigError(
-        "the demo server did not start: "
-        + (lines[-1].removeprefix("error: ") if lines else "no output")
-    )
-
-
 def percentile(samples: list[float], p: float) -> float:
-    """Nearest rank, as load-testing reports use it: a real sample, never an interpolation."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    """Nearest rank, as ``qa-ws bench`` reports it: a real sample, never an interpolation."""
+    return nearest_rank(sorted(samples), p)
 
 
 @contextlib.asynccontextmanager
@@ -299,15 +227,25 @@ def command(
 
     Exit code 0 when every step passed, 1 otherwise.
     """
-    secret = secrets.token_urlsafe(48)
-    settings = demo_settings(secret)
     with tempfile.TemporaryDirectory(prefix="qa-ws-demo-") as tmp:
+        server = LocalServer(
+            Path(tmp),
+            scenario="chat",
+            agent=agent,
+            demo_latency_ms=latency_ms,
+            config_file=os.devnull,
+        )
         try:
-            server = start_server(secret, Path(tmp), agent, latency_ms)
-        except ConfigError as exc:
-            console.print(Text.assemble(("error: ", "bold red"), exc.message))
+            server.start(timeout=20.0)
+        except LaunchError:
+            lines = [line for line in server.output().splitlines() if line.strip()]
+            last = lines[-1].removeprefix("error: ") if lines else "no output"
+            console.print(
+                Text.assemble(("error: ", "bold red"), f"the demo server did not start: {last}")
+            )
             raise typer.Exit(1) from None
-        console.print(f"[bold green]server[/] {server.url} (agent: {agent}, pid {server.proc.pid})")
+        settings = demo_settings(server.secret)
+        console.print(f"[bold green]server[/] {server.url} (agent: {agent})")
         try:
             results = asyncio.run(play_all(server.url, settings, clients, questions))
         except KeyboardInterrupt:
