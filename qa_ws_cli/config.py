@@ -138,6 +138,17 @@ class ShutdownSettings(_Section):
 STORE_SCHEMES = ("redis", "rediss", "unix")
 
 
+def store_scheme_problem(url: str) -> str | None:
+    """Why a store URL is not one Redis speaks, or None when it is."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in STORE_SCHEMES:
+        return None
+    return (
+        f"the scheme must be one of {', '.join(STORE_SCHEMES)} "
+        f"(e.g. redis://127.0.0.1:6379/0), not {scheme or 'missing'!r}"
+    )
+
+
 class StoreSettings(_Section):
     url: str | None = Field(
         None, description="redis://host:port/db, rediss://… or unix:///path; null: in memory"
@@ -148,12 +159,9 @@ class StoreSettings(_Section):
     def _redis_scheme(cls, url: str | None) -> str | None:
         if url is None or not url.strip():
             return None
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in STORE_SCHEMES:
-            raise ValueError(
-                f"the scheme must be one of {', '.join(STORE_SCHEMES)} "
-                f"(e.g. redis://127.0.0.1:6379/0), not {scheme or 'missing'!r}"
-            )
+        problem = store_scheme_problem(url)
+        if problem:
+            raise ValueError(problem)
         return url
 
 

@@ -352,10 +352,6 @@ class QaWsClient:
         self.last_rtt_ms = round((done - started) * 1000, 2)
         return self.last_rtt_ms
 
-    async def send_raw(self, text: str) -> None:
-        if self._ws is not None:
-            await self._ws.send_str(text)
-
     async def events(self) -> AsyncIterator[ServerEvent]:
         """Every received event, in order; ends by raising when the connection is lost."""
         while True:

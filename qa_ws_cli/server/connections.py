@@ -211,9 +211,6 @@ class ConnectionManager:
         else:
             del self._per_user[user]
 
-    def users(self) -> int:
-        return len(self._per_user)
-
     def add(self, conn: Connection) -> None:
         self._by_id[conn.id] = conn
 

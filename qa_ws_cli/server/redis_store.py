@@ -26,14 +26,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from limits.aio.storage import RedisStorage, Storage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from qa_ws_cli.config import STORE_SCHEMES
+from qa_ws_cli.config import store_scheme_problem
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.store import BroadcastHandler, SessionSnapshot, Store
 
@@ -49,13 +48,9 @@ log = logging.getLogger("qa_ws.server")
 
 def check_store_url(url: str) -> str:
     """The URL if its scheme is one Redis speaks, else a ``ConfigError`` naming the setting."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in STORE_SCHEMES:
-        raise ConfigError(
-            f"websocket.store.url: the scheme must be one of {', '.join(STORE_SCHEMES)} "
-            f"(e.g. redis://127.0.0.1:6379/0), not {scheme or 'missing'!r}",
-            path="websocket.store.url",
-        )
+    problem = store_scheme_problem(url)
+    if problem:
+        raise ConfigError(f"websocket.store.url: {problem}", path="websocket.store.url")
     return url
 
 

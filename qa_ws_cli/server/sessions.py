@@ -192,9 +192,6 @@ class SessionManager:
             del self._sessions[session.id]
         return len(expired)
 
-    def drop(self, session: Session) -> None:
-        self._sessions.pop(session.id, None)
-
     def snapshots(self) -> list[dict[str, Any]]:
         return [session.snapshot() for session in self._sessions.values()]
 
