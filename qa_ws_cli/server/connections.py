@@ -211,6 +211,10 @@ class ConnectionManager:
         else:
             del self._per_user[user]
 
+    def users(self) -> int:
+        """How many distinct users hold a slot."""
+        return len(self._per_user)
+
     def add(self, conn: Connection) -> None:
         self._by_id[conn.id] = conn
 
