@@ -49,7 +49,7 @@ def _ms(since: float) -> float:
 
 
 def _refusal(exc: websocket.WebSocketBadStatusException) -> tuple[str, str]:
-    """The handshake refusal's ``error`` code and ``detail`` (PROTOCOL.md), else the status."""
+    """The handshake refusal's ``error`` code and ``detail`` (docs/protocol.md), else the status."""
     code, detail = f"http_{exc.status_code}", ""
     try:
         body = json.loads(exc.resp_body or b"{}")

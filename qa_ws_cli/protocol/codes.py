@@ -1,4 +1,4 @@
-"""Close codes and error codes of wire protocol v1 (see PROTOCOL.md)."""
+"""Close codes and error codes of wire protocol v1 (see docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 One live server (echo agent) runs for the module on its own thread and loop. Each example
 opens a fresh connection and sends a few frames: random bytes, random text, random JSON, or
-random events that look almost valid. An oracle written from PROTOCOL.md says what each frame
+random events that look almost valid. An oracle written from docs/protocol.md says what each frame
 must get back; after each frame a ping with a sentinel id marks where its answer ends, so an
 answer missing, extra or different fails. Meanwhile a well-behaved client on its own
 connection pings and chats without pause and must never see anything else than its answers.
@@ -79,7 +79,7 @@ def expect_text(text: str, answered: dict[str, str]) -> Expect:
 
 
 def expect_value(data: Any, answered: dict[str, str]) -> Expect:
-    """PROTOCOL.md's client frames; ``answered`` is this session's answered ids."""
+    """docs/protocol.md's client frames; ``answered`` is this session's answered ids."""
     if not isinstance(data, dict):
         return error("invalid_message", None)
     if "type" not in data:
@@ -421,7 +421,7 @@ def test_nesting_deeper_than_the_json_parser_can_follow_is_invalid_json(watched:
 def test_broken_framing_is_closed_by_the_websocket_layer(
     watched: Live, frame: bytes, code: int
 ) -> None:
-    """Below the JSON protocol: RFC 6455's own close codes (PROTOCOL.md does not list them)."""
+    """Below the JSON protocol: RFC 6455's own close codes (docs/protocol.md does not list them)."""
 
     async def send() -> list[Frame]:
         peer = await RawPeer.open(watched.running, watched.running.token("raw"))
