@@ -110,6 +110,9 @@ class SessionSettings(_Section):
     ttl_s: float = Field(900.0, ge=1, description="a session with no connection lives this long")
     max_answered_ids: int = Field(500, ge=0)
     history_turns: int = Field(10, ge=0)
+    run_lease_s: float = Field(
+        5.0, gt=0, description="an answer's claim lapses this long after its instance died"
+    )
 
 
 class AgentSettings(_Section):

@@ -8,6 +8,8 @@ from enum import IntEnum, StrEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
@@ -25,6 +27,8 @@ class ErrorCode(StrEnum):
     AGENT_TIMEOUT = "agent_timeout"
     AGENT_ERROR = "agent_error"
     CANCELLED = "cancelled"
+    NOT_IN_FLIGHT = "not_in_flight"
+    AGENT_INTERRUPTED = "agent_interrupted"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -17,17 +18,16 @@ from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
-from qa_ws_cli.server.sessions import Session
+from qa_ws_cli.server.session_store import ResumeRecord
 
 _CSP = (
     "default-src 'self'; connect-src 'self' ws: wss:; "
     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
 )
-_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as SessionManager.create makes them
-_CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
 
 
 def _resume_point(request: web.Request) -> tuple[str | None, int]:
@@ -39,31 +39,30 @@ def _resume_point(request: web.Request) -> tuple[str | None, int]:
     return session_id, last_seq
 
 
+async def _resumable(gw: Gateway, session_id: str | None, last_seq: int) -> ResumeRecord | None:
+    if session_id is None or last_seq < 0:
+        return None
+    try:
+        return await gw.store.resume(session_id, last_seq)
+    except Exception:  # a store that fails here means a fresh session, never a 500
+        gw.log.warning("session lookup failed; starting a fresh session", exc_info=True)
+        return None
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     claims = request[CLAIMS]
     session_id, last_seq = _resume_point(request)
-    session: Session | None = None
-    replay: list[str] = []
-    if session_id is not None:
-        existing = gw.sessions.get(session_id)
-        if existing is None and last_seq >= 0:  # perhaps handed over by a drained instance
-            snapshot = await gw.store.take_session(session_id)
-            if snapshot is not None:
-                existing = gw.sessions.restore(snapshot)
-        if existing is not None and existing.user != claims.sub:
-            return refusal(
-                gw,
-                request,
-                403,
-                HandshakeError.SESSION_FORBIDDEN,
-                "this session belongs to another user",
-            )
-        if existing is not None:
-            kept = existing.replay_after(last_seq, gw.settings.sessions.buffer_age_s)
-            if kept is not None:
-                session, replay = existing, kept
-
+    record = await _resumable(gw, session_id, last_seq)
+    if record is not None and record.user != claims.sub:
+        return refusal(
+            gw,
+            request,
+            403,
+            HandshakeError.SESSION_FORBIDDEN,
+            "this session belongs to another user",
+        )
+    resumed = record is not None and record.frames is not None
     lim = gw.settings.limits
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
@@ -71,27 +70,57 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
         compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
     )
-    await ws.prepare(request)
-
-    resumed = session is not None
-    if session is None:
-        session = gw.sessions.create(claims.sub)
     conn = Connection(
         ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed, request.transport
     )
+    conn.session_id = session_id if resumed and session_id else uuid.uuid4().hex
+    conn.slot = request.get(SLOT, "")
+    started = time.monotonic()
+    try:
+        await ws.prepare(request)
+        await _open(gw, request, conn, record if resumed else None, last_seq)
+        frames = gw.frames
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                conn.last_seen = time.monotonic()
+                await frames.on_text(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.last_seen = time.monotonic()
+                await frames.on_binary(conn)
+    except Exception:
+        gw.log.exception("connection handler failed", extra={"fields": {"connection": conn.id}})
+        with contextlib.suppress(Exception):
+            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        _closed(gw, request, conn, ws, started)
+    return ws
+
+
+async def _open(
+    gw: Gateway,
+    request: web.Request,
+    conn: Connection,
+    record: ResumeRecord | None,
+    last_seq: int,
+) -> None:
+    """Register the connection, attach it to its session and send ``connected`` and the replay."""
+    driver = gw.driver
     conn.last_seen = time.monotonic()
     gw.connections.add(conn)
-    previous = gw.sessions.attach(session, conn)
-    if previous is not None:
-        previous.start_close(CloseCode.NORMAL, "session resumed on another connection")
+    gw.metrics.connections.inc()
+    if record is None:
+        await gw.store.create(conn.session_id, conn.user)
+    local = driver.session(conn.session_id, conn.user)
+    closes = local.core.attach(conn.id)
+    replay = record.frames if record is not None and record.frames is not None else []
     conn.send(
         encode(
             SystemEvent(
                 event="connected",
-                session_id=session.id,
+                session_id=conn.session_id,
                 connection_id=conn.id,
                 user=conn.user,
-                resumed=resumed,
+                resumed=record is not None,
                 replayed=len(replay),
                 server=gw.server_info,
                 limits=gw.limits_info,
@@ -100,55 +129,58 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     for frame in replay:
         conn.send(frame)
-    gw.schedule_token_timers(conn, claims)
-    gw.metrics.connects.labels(str(resumed).lower()).inc()
-    gw.metrics.connections.inc()
+    if record is not None:
+        conn.last_seq = local.seq = max(local.seq, record.seq, last_seq)
+        local.core.remote.update(c for c in record.running if c not in local.core.runs)
+        # what was published between the lookup and the attach
+        for seq, frame in await gw.store.frames_after(conn.session_id, conn.last_seq):
+            conn.send_seq(seq, frame)
+    await driver.apply(local, closes)
+    if record is not None and record.interrupted:
+        await driver.apply(local, local.core.interrupted(record.interrupted))
+    gw.schedule_token_timers(conn, conn.claims)
+    gw.metrics.connects.labels(str(record is not None).lower()).inc()
     log_event(
         gw.log,
         "connect",
         request_id=request[REQUEST_ID],
         user=conn.user,
         connection=conn.id,
-        session=session.id,
-        resumed=resumed,
+        session=conn.session_id,
+        resumed=record is not None,
         replayed=len(replay),
     )
-    started = time.monotonic()
-    frames = gw.frames
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                conn.last_seen = time.monotonic()
-                await frames.on_text(conn, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                conn.last_seen = time.monotonic()
-                frames.on_binary(conn)
-    except Exception:
-        gw.log.exception("connection handler failed", extra={"fields": {"connection": conn.id}})
-        await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
-    finally:
-        conn.closing = True
-        conn.cancel_timers()
+
+
+def _closed(
+    gw: Gateway,
+    request: web.Request,
+    conn: Connection,
+    ws: web.WebSocketResponse,
+    started: float,
+) -> None:
+    """Always runs, whatever failed: the connection leaves every registry it entered."""
+    conn.closing = True
+    conn.cancel_timers()
+    if gw.connections.get(conn.id) is conn:
         gw.connections.remove(conn)
-        gw.sessions.detach(session, conn)
         gw.metrics.connections.dec()
-        code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
-        gw.metrics.closes.labels(_close_label(code)).inc()
-        if code in _CLIENT_CLOSES and session.connection is None and not gw.draining:
-            for run in list(session.inflight.values()):  # the user left: stop the agent
-                if run.origin is conn:
-                    run.task.cancel()
-        log_event(
-            gw.log,
-            "disconnect",
-            request_id=request[REQUEST_ID],
-            user=conn.user,
-            connection=conn.id,
-            session=session.id,
-            close_code=code,
-            duration_s=round(time.monotonic() - started, 3),
-        )
-    return ws
+    local = gw.driver.local.get(conn.session_id)
+    if local is not None:
+        local.core.detach(conn.id)  # its answers in flight carry on into the session
+        gw.driver.release(local)
+    code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
+    gw.metrics.closes.labels(_close_label(code)).inc()
+    log_event(
+        gw.log,
+        "disconnect",
+        request_id=request[REQUEST_ID],
+        user=conn.user,
+        connection=conn.id,
+        session=conn.session_id,
+        close_code=code,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _close_label(code: int | None) -> str:

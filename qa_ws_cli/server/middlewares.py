@@ -20,7 +20,7 @@ from qa_ws_cli.auth.tokens import Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 
 WS_PATH = "/ws"
@@ -212,29 +212,40 @@ def caps_middleware() -> Middleware:
                 "the server is shutting down; reconnect shortly",
                 {hdrs.RETRY_AFTER: str(max(1, gw.settings.shutdown.reconnect_after_ms // 1000))},
             )
-        user = request[CLAIMS].sub
-        refused = gw.connections.reserve(user)
-        if refused == HandshakeError.SERVER_FULL:
+        if not gw.connections.reserve():
             return refusal(
                 gw,
                 request,
                 503,
-                refused,
+                HandshakeError.SERVER_FULL,
                 "the server is at its connection limit",
                 {hdrs.RETRY_AFTER: "5"},
             )
-        if refused is not None:
-            return refusal(
-                gw,
-                request,
-                429,
-                refused,
-                f"at most {gw.connections.max_per_user} connections per user",
-                {hdrs.RETRY_AFTER: "5"},
-            )
         try:
-            return await handler(request)
+            return await _with_user_slot(gw, request, handler)
         finally:
-            gw.connections.release(user)
+            gw.connections.release()
 
     return middleware
+
+
+async def _with_user_slot(
+    gw: Gateway, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """The per-user cap counts this user's connections on every instance (through the store)."""
+    user, key = request[CLAIMS].sub, f"{gw.instance}:{uuid.uuid4().hex[:12]}"
+    max_per_user = gw.settings.server.max_connections_per_user
+    if not await gw.store.reserve_connection(user, key, max_per_user):
+        return refusal(
+            gw,
+            request,
+            429,
+            HandshakeError.TOO_MANY_CONNECTIONS,
+            f"at most {max_per_user} connections per user",
+            {hdrs.RETRY_AFTER: "5"},
+        )
+    request[SLOT] = key
+    try:
+        return await handler(request)
+    finally:
+        await gw.store.release_connection(user, key)

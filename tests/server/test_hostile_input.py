@@ -92,9 +92,9 @@ def expect_value(data: Any, answered: dict[str, str]) -> Expect:
             if reply_to
             else error("invalid_message", None)
         )
-    if kind == "cancel":  # a target not in flight: nothing to stop, nothing to say
+    if kind == "cancel":  # every answer is in by then: there is nothing in flight to stop
         ok = reply_to is not None and valid_id(data.get("target")) is not None
-        return Expect() if ok else error("invalid_message", reply_to)
+        return error("not_in_flight", reply_to) if ok else error("invalid_message", reply_to)
     if kind != "chat_message":
         return error("invalid_message", reply_to)
     content = data.get("content")
