@@ -178,6 +178,8 @@ class Gateway:
 
     async def housekeep(self) -> None:
         self.store.prune()
+        if not self.store.available:
+            await self.store.ping()  # back? then the next writes go through again
         await self.driver.housekeep()
         now = time.monotonic()
         if now - self._touched_at >= max(1.0, self.settings.sessions.ttl_s / 4):

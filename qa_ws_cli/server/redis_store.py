@@ -164,9 +164,13 @@ class RedisStore(RedisSessionStore, Store):
                 )
             return await fallback()
         if self._down:
-            self._down = False
-            log.info("Redis available again: writing through to it")
+            self._restored()
         return result
+
+    def _restored(self) -> None:
+        self._down = False
+        self._down_until = 0.0
+        log.info("Redis available again: writing through to it")
 
     async def create(self, session_id: str, user: str) -> None:
         await self._guarded(
@@ -337,10 +341,13 @@ class RedisStore(RedisSessionStore, Store):
     # -- health and lifetime -------------------------------------------------------------------
 
     async def ping(self) -> bool:
+        """Redis answers (``/readyz`` asks); an answer ends an outage at once."""
         try:
             ok = bool(await asyncio.wait_for(self._redis.ping(), self.timeout_s))
         except Exception:
             return False
+        if ok and self._down:
+            self._restored()
         return ok
 
     async def aclose(self) -> None:

@@ -69,6 +69,11 @@ class Store(SessionStore):
         """Open what needs the running loop (a subscriber task); called once at app startup."""
         return None
 
+    @property
+    def available(self) -> bool:
+        """False while the store is unreachable and this instance serves from its memory."""
+        return True
+
     async def ping(self) -> bool:
         return True
 
