@@ -20,7 +20,7 @@ import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, server_env
 
 # the spawn_server and settings fixtures come from tests/conftest.py (sharing its secret)
 Spawn = Callable[..., Any]
@@ -275,6 +275,24 @@ def test_gives_up_then_reconnects_by_hand(
     term.line(QUESTION)
     term.expect(r"answered in \d+ ms")
     term.line("/exit")
+    assert term.wait_exit() == 0
+
+
+def test_a_restart_with_another_secret_says_the_token_was_refused(
+    spawn_server: Spawn, terminal: Callable[..., Terminal], tmp_path: Path, settings: Settings
+) -> None:
+    port = str(free_port())
+    first = spawn_server("--port", port, "--demo-latency-ms", "20")
+    term = terminal("--url", first.url, "--token", token_for(settings), "--history", "/dev/null")
+    term.expect("connected to")
+    other = server_env(tmp_path, WEBSOCKET_SECRET_KEY="another-secret-" + "q" * 40)
+    first.stop()
+    spawn_server("--port", port, "--demo-latency-ms", "20", env=other)
+    seen = term.expect(r"reconnecting was refused: HTTP 401 invalid_token[^\n]*")
+    assert "1001" not in seen.group(0)  # the refusal, not the close that began the outage
+    term.expect(r"qa-ws token issue --sub USER")
+    term.expect("● disconnected")
+    term.line("/quit")
     assert term.wait_exit() == 0
 
 
