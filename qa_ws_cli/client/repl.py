@@ -238,7 +238,7 @@ class Repl:
 
     def _lost(self, exc: QaWsError) -> None:
         if isinstance(exc, HandshakeRefused):  # why it stopped, not the close that began it
-            self.error(f"{explain(exc)}; then /reconnect, or /quit to leave")
+            self.error(f"{explain(exc)} (/reconnect tries again, /quit leaves)")
         else:
             self.note(f"connection lost: {exc.message} — /reconnect to try again, /quit to leave")
 

@@ -180,3 +180,14 @@ async def test_events_nobody_reads_are_bounded_and_the_newest_are_kept(
     assert [getattr(e, "reply_to", None) for e in kept[:-1]] == [answers[-1].reply_to] * 3
     async for _ in client.events():  # after close() the stream ends instead of waiting
         raise AssertionError("no event after close")
+
+
+async def test_a_session_resumes_by_hand_from_its_id_and_last_seq(gateway: Running) -> None:
+    async with QaWsClient(ClientOptions(gateway.url, token=gateway.token())) as first:
+        await first.ask("how do I test a login form?", timeout=20)
+        session_id, last_seq = first.session_id, first.last_seq
+    later = QaWsClient(ClientOptions(gateway.url, token=gateway.token()))
+    later.session_id, later.last_seq = session_id, last_seq
+    async with later:
+        assert later.connected is not None and later.connected.resumed
+        assert later.session_id == session_id and later.last_seq == last_seq
