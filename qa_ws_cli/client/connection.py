@@ -24,8 +24,10 @@ from typing import Any, Literal
 from websockets.exceptions import ConnectionClosed
 
 from qa_ws_cli.client.handshake import (
+    FINAL_CLOSES,
     AbortableConnection,
     ClientOptions,
+    close_text,
     open_connection,
     request_for,
 )
@@ -49,15 +51,6 @@ from qa_ws_cli.protocol.events import (
 )
 
 State = Literal["disconnected", "connecting", "connected", "closed"]
-# closes after which reconnecting would only be refused again
-_FINAL_CLOSES = frozenset(
-    {
-        CloseCode.NORMAL,
-        CloseCode.POLICY_VIOLATION,
-        CloseCode.MESSAGE_TOO_BIG,
-        CloseCode.TOKEN_REVOKED,
-    }
-)
 _NOT_IN_FLIGHT = "not_in_flight"
 _CLOSED = object()  # ends events() after close()
 
@@ -227,7 +220,7 @@ class QaWsClient:
             return
         self._set_state("disconnected")
         code = closed.rcvd.code if closed.rcvd is not None else None
-        reason: QaWsError = ConnectionLost(_close_text(code), close_code=code)
+        reason: QaWsError = ConnectionLost(close_text(code), close_code=code)
         if closed.sent is not None and closed.sent.code == CloseCode.MESSAGE_TOO_BIG:
             reason = ConnectionLost(
                 f"the server sent a frame larger than max_size ({self.options.max_size} bytes)",
@@ -236,7 +229,7 @@ class QaWsClient:
             code = CloseCode.MESSAGE_TOO_BIG
         can_refresh = code == CloseCode.TOKEN_EXPIRED and self.options.token_factory is not None
         if self.options.reconnect and (
-            code not in _FINAL_CLOSES and (code != CloseCode.TOKEN_EXPIRED or can_refresh)
+            code not in FINAL_CLOSES and (code != CloseCode.TOKEN_EXPIRED or can_refresh)
         ):
             try:
                 await self._reconnect()
@@ -429,19 +422,6 @@ class QaWsClient:
 
 def _cancelled(msg_id: str) -> ServerError:
     return ServerError("cancelled: the answer was cancelled", code="cancelled", reply_to=msg_id)
-
-
-def _close_text(code: int | None) -> str:
-    reasons = {
-        CloseCode.GOING_AWAY: "the server is shutting down",
-        CloseCode.POLICY_VIOLATION: "closed by the server for a policy violation",
-        CloseCode.MESSAGE_TOO_BIG: "a frame was larger than the server allows",
-        CloseCode.INTERNAL_ERROR: "the server had an internal error",
-        CloseCode.TOKEN_EXPIRED: "the token expired",
-        CloseCode.TOKEN_REVOKED: "the token was revoked",
-    }
-    text = reasons.get(code or 0, "the connection was lost")  # type: ignore[call-overload]
-    return f"{text} (close code {code})" if code else text
 
 
 __all__ = ["ClientOptions", "QaWsClient"]

@@ -22,10 +22,19 @@ from websockets.typing import Origin, Subprotocol
 
 from qa_ws_cli import __version__
 from qa_ws_cli.errors import ClientError, ClientTimeout, ConnectionLost, HandshakeRefused
-from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL
+from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL, CloseCode
 
 Carrier = Literal["header", "subprotocol", "query"]
 SCHEMES = ("ws", "wss")
+# closes after which reconnecting would only be refused again
+FINAL_CLOSES = frozenset(
+    {
+        CloseCode.NORMAL,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.TOKEN_REVOKED,
+    }
+)
 
 
 @dataclass
@@ -203,3 +212,16 @@ def _refusal(exc: InvalidStatus, url: str) -> HandshakeRefused:
         error=error,
         retry_after=retry_after,
     )
+
+
+def close_text(code: int | None) -> str:
+    reasons = {
+        CloseCode.GOING_AWAY: "the server is shutting down",
+        CloseCode.POLICY_VIOLATION: "closed by the server for a policy violation",
+        CloseCode.MESSAGE_TOO_BIG: "a frame was larger than the server allows",
+        CloseCode.INTERNAL_ERROR: "the server had an internal error",
+        CloseCode.TOKEN_EXPIRED: "the token expired",
+        CloseCode.TOKEN_REVOKED: "the token was revoked",
+    }
+    text = reasons.get(code or 0, "the connection was lost")  # type: ignore[call-overload]
+    return f"{text} (close code {code})" if code else text
