@@ -76,6 +76,8 @@ _ENDINGS = {
     "RunCancelled": "the agent's run was cancelled by its server",
     "RunPaused": "the agent paused for a confirmation the gateway cannot give",
 }
+# AgentOS picks a file's handling by its content type: say XML and logs the way it knows them
+_AGNO_MIME = {"application/xml": "text/xml", "text/x-log": "text/plain"}
 RUN_START_WAIT_S = 2.0  # how long a cancel waits for a run that has not named its id yet
 
 
@@ -182,7 +184,10 @@ class AgnoAgent(SSEHTTPAgent):
         form.add_field("user_id", context.user)
         for attachment in context.attachments:
             form.add_field(
-                "files", attachment.data, filename=attachment.name, content_type=attachment.mime
+                "files",
+                attachment.data,
+                filename=attachment.name,
+                content_type=_AGNO_MIME.get(attachment.mime, attachment.mime),
             )
         return form
 
