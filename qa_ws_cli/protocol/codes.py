@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     NOT_IN_FLIGHT = "not_in_flight"
     AGENT_INTERRUPTED = "agent_interrupted"
+    FILE_NOT_FOUND = "file_not_found"
+    UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -45,6 +47,17 @@ class HandshakeError(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SERVER_FULL = "server_full"
     DRAINING = "draining"
+
+
+class FileError(StrEnum):
+    """The ``error`` field of a refused ``/files`` request (401/403 use ``HandshakeError``)."""
+
+    FILE_TOO_LARGE = "file_too_large"
+    UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
+    FILE_NOT_FOUND = "file_not_found"
+    INVALID_UPLOAD = "invalid_upload"
+    INVALID_SIGNATURE = "invalid_signature"
+    STORAGE_FULL = "storage_full"
 
 
 SUBPROTOCOL = "qa-ws.v1"

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from qa_ws_cli.agents.base import Agent
 from qa_ws_cli.config import Settings
-from qa_ws_cli.server import handlers
+from qa_ws_cli.server import files_http, handlers
+from qa_ws_cli.server.files import FileStore
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.middlewares import (
@@ -23,7 +24,9 @@ from qa_ws_cli.server.middlewares import (
 from qa_ws_cli.server.store import MemoryStore, Store
 
 
-def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> web.Application:
+def create_app(
+    settings: Settings, agent: Agent, store: Store | None = None, files: FileStore | None = None
+) -> web.Application:
     gateway = Gateway(settings, agent, store or MemoryStore())
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
@@ -40,6 +43,7 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/", handlers.index)
     app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
+    files_http.setup(app, settings, files)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     app.on_response_prepare.append(_request_id_header)

@@ -25,6 +25,7 @@ from qa_ws_cli.server.logs import log_event
 
 WS_PATH = "/ws"
 ADMIN_PREFIX = "/admin/"
+FILES_PATH = "/files"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("qa_ws.server")
 
@@ -51,7 +52,20 @@ def refusal(
 
 
 def _guarded(path: str) -> bool:
-    return path == WS_PATH or path.startswith(ADMIN_PREFIX)
+    return (
+        path in (WS_PATH, FILES_PATH)
+        or path.startswith(ADMIN_PREFIX)
+        or path.startswith(FILES_PATH + "/")
+    )
+
+
+def _signed_file_url(request: web.Request) -> bool:
+    """A ``GET /files/{id}`` that carries its own signature (checked by the handler)."""
+    return (
+        request.method == hdrs.METH_GET
+        and request.path.startswith(FILES_PATH + "/")
+        and ("sig" in request.query or "exp" in request.query)
+    )
 
 
 def request_id_middleware() -> Middleware:
@@ -135,7 +149,7 @@ def bearer_token(request: web.Request) -> str | None:
 def auth_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _guarded(request.path):
+        if not _guarded(request.path) or _signed_file_url(request):
             return await handler(request)
         gw = request.app[GATEWAY]
         needed = "admin" if request.path.startswith(ADMIN_PREFIX) else "chat"
