@@ -27,7 +27,9 @@ from qa_ws_cli.server.store import MemoryStore, Store
 def create_app(
     settings: Settings, agent: Agent, store: Store | None = None, files: FileStore | None = None
 ) -> web.Application:
-    gateway = Gateway(settings, agent, store or MemoryStore())
+    files = files or files_http.file_store_for(settings)
+    signer = files_http.signer_for(settings)
+    gateway = Gateway(settings, agent, store or MemoryStore(), files=files, signer=signer)
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
     if settings.server.trusted_proxies:
@@ -43,7 +45,7 @@ def create_app(
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/", handlers.index)
     app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
-    files_http.setup(app, settings, files)
+    files_http.setup(app, files, signer)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     app.on_response_prepare.append(_request_id_header)

@@ -71,7 +71,13 @@ class FrameHandler:
             return
         driver = self.driver
         local = driver.session(conn.session_id, conn.user)
-        outputs = local.core.chat(conn.id, msg.id, msg.content, draining=driver.draining)
+        outputs = local.core.chat(
+            conn.id,
+            msg.id,
+            msg.content,
+            draining=driver.draining,
+            attachments=tuple(msg.attachments or ()),
+        )
         await driver.apply(local, outputs)
 
     async def _allowed(self, conn: Connection, chat_id: str) -> bool:

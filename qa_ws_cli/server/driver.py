@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from qa_ws_cli.agents.base import Agent, ChatContext, Turn
-from qa_ws_cli.errors import AgentError
-from qa_ws_cli.protocol.codes import ErrorCode
+from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.server.connections import Connection, ConnectionManager
+from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
+from qa_ws_cli.server.runs import AgentRun
 from qa_ws_cli.server.session_core import (
     CancelRemote,
     CancelRun,
@@ -34,14 +34,8 @@ from qa_ws_cli.server.session_core import (
 )
 from qa_ws_cli.server.store import Store
 
-_PROTOCOL_CODES = frozenset(ErrorCode)
 log = logging.getLogger("qa_ws.server")
 chat_log = logging.getLogger("qa_ws.chat")
-
-
-def streams(agent: Agent) -> bool:
-    """Whether the agent yields pieces itself (else only its whole answer is sent)."""
-    return type(agent).stream is not Agent.stream
 
 
 @dataclass(slots=True)
@@ -49,6 +43,7 @@ class LocalSession:
     core: SessionCore
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    contexts: dict[str, ChatContext] = field(default_factory=dict)  # of the runs, for cancel
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keeps publishes in seq order
     seq: int = 0  # the highest seq this instance saw: a floor while the store was away
 
@@ -62,10 +57,11 @@ class SessionDriver:
         metrics: Metrics,
         limits: CoreLimits,
         instance: str,
+        files: FileStore | None = None,
+        signer: FileSigner | None = None,
     ) -> None:
         self.store = store
-        self.agent = agent
-        self.streams = streams(agent)
+        self.runner = AgentRun(agent, files, signer, connections.get)
         self.connections = connections
         self.metrics = metrics
         self.limits = limits
@@ -112,9 +108,7 @@ class SessionDriver:
             elif isinstance(out, StartRun):
                 self._start(local, out)
             elif isinstance(out, CancelRun):
-                task = local.tasks.get(out.chat_id)
-                if task is not None:
-                    task.cancel()
+                asyncio.get_running_loop().create_task(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):
                 await self.store.relay_cancel(local.core.session_id, out.chat_id, out.cancel_id)
             elif isinstance(out, CloseConnection):
@@ -172,36 +166,18 @@ class SessionDriver:
 
     async def _run(self, local: LocalSession, start: StartRun) -> None:
         core, chat_id = local.core, start.chat_id
-        local_started = time.perf_counter()
-        history = tuple(
-            turn for q, a in start.history for turn in (Turn("user", q), Turn("assistant", a))
-        )
-        context = ChatContext(core.session_id, core.user, chat_id, history)
+        started = time.perf_counter()
+        context = self.runner.context(core, start)
+        local.contexts[chat_id] = context
         fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
-        outcome, latency = "ok", None
         try:
-            try:
-                content = await self._answer(local, start.content, context)
-            except asyncio.CancelledError:
-                outputs = core.stopped(chat_id)
-                outcome = "cancelled"
-            except AgentError as exc:
-                outputs, outcome = self._agent_error(core, chat_id, exc, fields), exc.code
-            except Exception:
-                log.exception("agent raised", extra={"fields": {**fields, "reply_to": chat_id}})
-                outputs, outcome = core.failed(chat_id, ErrorCode.AGENT_ERROR), "agent_error"
-            else:
-                latency = core.latency_ms(chat_id, time.perf_counter())
-                outputs = core.finished(chat_id, content, time.perf_counter())
-                if latency is not None and content:
-                    self.metrics.chat_latency.observe(latency / 1000)
-                elif not content:
-                    outcome = "agent_error"
-            await self.apply(local, outputs)
+            result = await self.runner.answer(core, start, context, fields)
+            if result.latency_ms is not None:
+                self.metrics.chat_latency.observe(result.latency_ms / 1000)
+            await self.apply(local, result.outputs)
         finally:
             self._finish(local, chat_id)
-        if latency is None:
-            latency = round((time.perf_counter() - local_started) * 1000, 1)
+        latency = result.latency_ms or round((time.perf_counter() - started) * 1000, 1)
         log_event(
             chat_log,
             "chat",
@@ -209,44 +185,21 @@ class SessionDriver:
             **fields,
             reply_to=chat_id,
             latency_ms=latency,
-            outcome=outcome,
+            outcome=result.outcome,
         )
 
-    async def _answer(self, local: LocalSession, content: str, context: ChatContext) -> str:
-        if not self.streams:
-            return await self.agent.chat(content, context)
-        core, chat_id = local.core, context.message_id
-        pieces: list[str] = []
-        stream = self.agent.stream(content, context)
-        try:
-            async for piece in stream:
-                if piece:
-                    pieces.append(piece)
-                    delta = core.piece(chat_id, piece)
-                    if delta is not None:
-                        conn = self.connections.get(delta.conn)
-                        if conn is not None:
-                            conn.send(delta.frame)
-                await asyncio.sleep(0)  # an agent that never awaits must not stall us
-        finally:  # a timeout or cancel may land here, not in the agent: close it now
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        return "".join(pieces)
-
-    def _agent_error(
-        self, core: SessionCore, chat_id: str, exc: AgentError, fields: dict[str, str]
-    ) -> list[Output]:
-        if exc.code in _PROTOCOL_CODES:
-            return core.failed(chat_id, exc.code, exc.message)
-        # not a protocol code: neither the code nor its text reaches the client
-        log_event(
-            log, "agent error", logging.WARNING, **fields, reply_to=chat_id, agent_code=exc.code
-        )
-        return core.failed(chat_id, ErrorCode.AGENT_ERROR)
+    async def _cancel(self, local: LocalSession, chat_id: str) -> None:
+        """Stop a run: the backend's own cancel first (bounded), then the task."""
+        context = local.contexts.get(chat_id)
+        if context is not None:
+            await self.runner.cancel(context)
+        task = local.tasks.get(chat_id)
+        if task is not None:
+            task.cancel()
 
     def _finish(self, local: LocalSession, chat_id: str) -> None:
         local.tasks.pop(chat_id, None)
+        local.contexts.pop(chat_id, None)
         timer = local.timers.pop(chat_id, None)
         if timer is not None:
             timer.cancel()

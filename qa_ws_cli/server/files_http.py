@@ -48,10 +48,14 @@ def file_store_for(settings: Settings) -> FileStore:
     return MemoryFileStore(ttl_s=limits.file_ttl_s, max_bytes=limits.files_memory_bytes)
 
 
-def setup(app: web.Application, settings: Settings, store: FileStore | None = None) -> None:
+def signer_for(settings: Settings) -> FileSigner:
+    return FileSigner(settings.secret(), ttl_s=settings.limits.file_url_ttl_s)
+
+
+def setup(app: web.Application, store: FileStore, signer: FileSigner) -> None:
     """Register the routes, the store and the URL signer on ``app``."""
-    app[FILE_STORE] = store or file_store_for(settings)
-    app[FILE_SIGNER] = FileSigner(settings.secret(), ttl_s=settings.limits.file_url_ttl_s)
+    app[FILE_STORE] = store
+    app[FILE_SIGNER] = signer
     app.router.add_post("/files", upload)
     app.router.add_get("/files/{file_id}", download)
     app.cleanup_ctx.append(_lifetime)

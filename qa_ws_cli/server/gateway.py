@@ -22,10 +22,11 @@ from qa_ws_cli.auth.revocation import RevocationList
 from qa_ws_cli.auth.tokens import Claims, TokenVerifier
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import PROTOCOL_VERSION, CloseCode
-from qa_ws_cli.protocol.events import utc_timestamp
+from qa_ws_cli.protocol.events import MAX_ATTACHMENTS, utc_timestamp
 from qa_ws_cli.server.chat import FrameHandler
 from qa_ws_cli.server.connections import Connection, ConnectionManager
 from qa_ws_cli.server.driver import SessionDriver
+from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.limits import RateLimiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
@@ -36,7 +37,15 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 
 
 class Gateway:
-    def __init__(self, settings: Settings, agent: Agent, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        agent: Agent,
+        store: Store,
+        *,
+        files: FileStore | None = None,
+        signer: FileSigner | None = None,
+    ) -> None:
         self.settings = settings
         self.agent = agent
         self.store = store
@@ -52,7 +61,7 @@ class Gateway:
             timeout_s=settings.agent.timeout_s,
         )
         self.driver = SessionDriver(
-            store, agent, self.connections, self.metrics, core_limits, self.instance
+            store, agent, self.connections, self.metrics, core_limits, self.instance, files, signer
         )
         rl = settings.security.rate_limiting
         self.limiter = RateLimiter(rl, store.limit_storage()) if rl.enabled else None
@@ -70,6 +79,8 @@ class Gateway:
             "max_inflight": lim.max_inflight_per_connection,
             "max_requests_per_minute": rl.max_requests_per_minute if rl.enabled else None,
             "heartbeat_s": lim.heartbeat_s,
+            "max_upload_bytes": lim.max_upload_bytes,
+            "max_attachments": MAX_ATTACHMENTS,
         }
         self.server_info = {
             "name": settings.server.name,

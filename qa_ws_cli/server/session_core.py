@@ -76,6 +76,7 @@ class StartRun:
     content: str
     history: tuple[tuple[str, str], ...]
     origin: str  # the connection that asked (for logs)
+    attachments: tuple[str, ...] = ()  # file ids, resolved by the driver
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class Run:
     running: bool = False
     cancelled_by: str | None = None
     timed_out: bool = False
+    attachments: tuple[str, ...] = ()
 
 
 def with_seq(body: str, seq: int) -> str:
@@ -187,7 +189,15 @@ class SessionCore:
 
     # -- client frames -------------------------------------------------------------------------
 
-    def chat(self, conn: str, chat_id: str, content: str, *, draining: bool) -> list[Output]:
+    def chat(
+        self,
+        conn: str,
+        chat_id: str,
+        content: str,
+        *,
+        draining: bool,
+        attachments: tuple[str, ...] = (),
+    ) -> list[Output]:
         """A ``chat_message`` that passed the rate limit."""
         limits = self.limits
         if len(content) > limits.max_content_chars:
@@ -215,7 +225,7 @@ class SessionCore:
                 chat_id,
                 retry_after=1.0,
             )
-        self.runs[chat_id] = Run(origin=conn, content=content, started=0.0)
+        self.runs[chat_id] = Run(conn, content, 0.0, attachments=attachments)
         return [Claim(chat_id)]
 
     def claimed(self, chat_id: str, result: ClaimResult, now: float) -> list[Output]:
@@ -236,7 +246,7 @@ class SessionCore:
         run.running = True
         run.started = now
         run.deadline = now + self.limits.timeout_s
-        return [StartRun(chat_id, run.content, result.history, run.origin)]
+        return [StartRun(chat_id, run.content, result.history, run.origin, run.attachments)]
 
     def cancel(self, conn: str, cancel_id: str, target: str) -> list[Output]:
         run = self.runs.get(target)
