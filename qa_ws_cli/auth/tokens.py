@@ -152,6 +152,10 @@ class TokenVerifier:
                 leeway=self.leeway,
                 options=self._options,
             )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+            # signed correctly (pyjwt checks times after the signature): is the time absurd?
+            _check_times(jwt.decode(token, options={"verify_signature": False}))
+            raise _reason(exc) from None
         except jwt.PyJWTError as exc:
             raise _reason(exc) from None
         except (OverflowError, ValueError, TypeError):  # e.g. "exp": 1e999 inside pyjwt
