@@ -32,6 +32,7 @@ from qa_ws_cli.errors import ConfigError
 ENV_PREFIX = "WEBSOCKET_"
 DEFAULT_CONFIG = Path("configs/default.yaml")
 MIN_SECRET_BYTES = 32
+MAX_TOKEN_TTL_S = 366 * 86400  # `token issue` refuses longer lifetimes (a year and a day)
 _ENV_ALIASES = {
     "WEBSOCKET_HOST": ("server", "host"),
     "WEBSOCKET_PORT": ("server", "port"),
@@ -58,11 +59,23 @@ class ServerSettings(_Section):
     ssl: SSLSettings = SSLSettings()
     # proxies (addresses or networks) whose X-Forwarded-For names the real client, e.g. nginx
     trusted_proxies: list[IPvAnyNetwork] = []
+    # Timeouts and limits before the upgrade (docs/security.md)
+    handshake_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send its first request head within this"
+    )
+    keepalive_timeout_s: float = Field(
+        15.0, gt=0, description="plain HTTP: an idle keep-alive connection is closed after this"
+    )
+    max_connections_per_ip: int = Field(
+        128, ge=1, description="open TCP connections per client address (upgraded or not)"
+    )
 
 
 class AuthenticationSettings(_Section):
     enabled: bool = True
-    token_expiry: int = Field(3600, ge=1, description="seconds a token issued here lives")
+    token_expiry: int = Field(
+        3600, ge=1, le=MAX_TOKEN_TTL_S, description="seconds a token issued here lives"
+    )
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
     public_key_file: Path | None = None
     private_key_file: Path | None = None
@@ -70,8 +83,28 @@ class AuthenticationSettings(_Section):
     issuer: str | None = None
     audience: str | None = None
     leeway_s: float = Field(0.0, ge=0)
-    revocation_file: Path = Path(".qa-ws/revoked.jsonl")
+    revocation_file: Path = Field(
+        default_factory=lambda: default_revocation_file(),
+        description="absolute; a relative path in a config file is relative to that file",
+    )
     expiring_notice_s: float = Field(60.0, ge=0)
+
+
+def default_revocation_file() -> Path:
+    """``$XDG_STATE_HOME/qa-ws/revoked.jsonl`` (``~/.local/state`` without it): one list per user
+    account, whatever directory ``serve`` or ``token revoke`` was started in."""
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local/state"
+    return base / "qa-ws" / "revoked.jsonl"
+
+
+class MetricsSettings(_Section):
+    token: SecretStr | None = Field(
+        None, description="if set, GET /metrics needs Authorization: Bearer <this token>"
+    )
+    public: bool = Field(
+        False, description="serve /metrics without a token on a non-loopback bind too"
+    )
 
 
 class CorsSettings(_Section):
@@ -190,6 +223,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     def secret(self) -> str | None:
         key = self.security.secret_key
@@ -281,7 +315,23 @@ def load_settings(
     except ValidationError as exc:
         where, msg = _error_path(exc)
         raise ConfigError(f"{where}: {msg}", path=where) from None
+    settings = _absolute_revocation_file(settings, origins, path)
     return LoadedSettings(settings=settings, origins=origins, config_file=path)
+
+
+def _absolute_revocation_file(
+    settings: Settings, origins: dict[str, str], config_file: Path | None
+) -> Settings:
+    """A relative revocation list is relative to the config file that names it (else to the
+    working directory, once, here): ``serve`` and ``token revoke`` then share one file."""
+    auth = settings.security.authentication
+    if auth.revocation_file.is_absolute():
+        return settings
+    from_file = origins.get("security.authentication.revocation_file", "").startswith("file ")
+    base = config_file.resolve().parent if from_file and config_file else Path.cwd()
+    resolved = auth.model_copy(update={"revocation_file": base / auth.revocation_file})
+    security = settings.security.model_copy(update={"authentication": resolved})
+    return settings.model_copy(update={"security": security})
 
 
 def validate_file(path: Path) -> Settings:
@@ -314,11 +364,16 @@ def flatten(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
-    """Authentication needs a strong key; ``--dev`` makes an ephemeral one instead."""
+    """Authentication needs a strong key; ``--dev`` makes an ephemeral one instead.
+
+    Every HMAC algorithm (HS256/384/512) needs a secret of 32+ bytes, whatever else is set; an
+    asymmetric one needs a readable public key file, or a JWKS URL.
+    """
     auth = settings.security.authentication
-    if not settings.security.authentication.enabled or (
-        auth.algorithm != "HS256" and (auth.public_key_file or auth.jwks_url)
-    ):
+    if not auth.enabled or auth.jwks_url:
+        return settings
+    if not auth.algorithm.startswith("HS"):
+        _check_key_file(auth)
         return settings
     secret = settings.secret()
     if secret is not None and len(secret.encode()) >= MIN_SECRET_BYTES:
@@ -335,6 +390,26 @@ def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
         "print(secrets.token_urlsafe(48))')`), or use --dev for an ephemeral one",
         path="websocket.security.secret_key",
     )
+
+
+def _check_key_file(auth: AuthenticationSettings) -> None:
+    where = "websocket.security.authentication.public_key_file"
+    if auth.public_key_file is None:
+        raise ConfigError(
+            f"{auth.algorithm} needs security.authentication.public_key_file (or jwks_url)",
+            path=where,
+        )
+    try:
+        with auth.public_key_file.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the public key file {auth.public_key_file}: {exc.strerror}", path=where
+        ) from None
+    if b"-----BEGIN" not in head:
+        raise ConfigError(
+            f"the public key file {auth.public_key_file} is not a PEM file", path=where
+        )
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

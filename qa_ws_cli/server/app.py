@@ -18,8 +18,10 @@ from qa_ws_cli.server.middlewares import (
     auth_middleware,
     caps_middleware,
     forwarded_middleware,
+    guard_middleware,
     origin_middleware,
     request_id_middleware,
+    security_headers,
 )
 from qa_ws_cli.server.store import MemoryStore, Store
 
@@ -34,6 +36,7 @@ def create_app(
     middlewares = [request_id_middleware()]
     if settings.server.trusted_proxies:
         middlewares.append(forwarded_middleware(settings.server.trusted_proxies))
+    middlewares.append(guard_middleware())
     if cors.enabled:
         middlewares.append(origin_middleware())
     middlewares += [auth_middleware(), caps_middleware()]
@@ -49,6 +52,7 @@ def create_app(
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     app.on_response_prepare.append(_request_id_header)
+    app.on_response_prepare.append(security_headers)
     return app
 
 

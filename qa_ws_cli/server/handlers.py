@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import re
 import time
 import uuid
 from importlib import resources
+from ipaddress import ip_address
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from qa_ws_cli.protocol.codec import encode
 from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
@@ -25,8 +27,10 @@ from qa_ws_cli.server.session_store import ResumeRecord
 
 _CSP = (
     "default-src 'self'; connect-src 'self' ws: wss:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+MAX_JSON_DIGITS = 100  # an admin body never needs longer numbers; Python's own cap is 4,300
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
 
 
@@ -216,8 +220,39 @@ async def _store_ok(gw: Gateway) -> bool:
         return False
 
 
+def _metrics_refused(gw: Gateway, request: web.Request) -> web.Response | None:
+    """``metrics.token`` set: it is needed. Unset: open on a loopback bind (or with
+    ``metrics.public``), refused on any other bind (docs/security.md)."""
+    wanted = gw.settings.metrics.token
+    if wanted is None:
+        if gw.settings.metrics.public or is_loopback_host(gw.settings.server.host):
+            return None
+        return refusal(
+            gw, request, 403, "metrics_token_required", "set metrics.token to scrape this server"
+        )
+    given = request.headers.get(hdrs.AUTHORIZATION, "")
+    token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+    if not token:
+        return refusal(gw, request, 401, HandshakeError.MISSING_TOKEN, "send the metrics token")
+    if not hmac.compare_digest(token.encode(), wanted.get_secret_value().encode()):
+        return refusal(gw, request, 401, HandshakeError.INVALID_TOKEN, "wrong metrics token")
+    return None
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    refused = _metrics_refused(gw, request)
+    if refused is not None:
+        return refused
     body = gw.metrics.render()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
@@ -231,14 +266,48 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+def _bad_body(detail: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": "invalid_json", "detail": detail}, status=status)
+
+
+async def _json_body(request: web.Request, timeout_s: float) -> object:
+    """The body as JSON, or ``_BodyError`` with the answer to send: a bounded read, a known
+    charset, a depth and number size Python can parse (never a 500)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise _BodyError(_bad_body("the body did not arrive in time", 408)) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _BodyError(_bad_body("the body is too large", 413)) from None
+    try:
+        text = raw.decode(request.charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        raise _BodyError(_bad_body("the body must be JSON in a known charset")) from None
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        raise _BodyError(_bad_body("the body must be JSON")) from None
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > MAX_JSON_DIGITS:
+        raise ValueError("number too long")
+    return int(digits)
+
+
+class _BodyError(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 async def admin_broadcast(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return web.json_response(
-            {"error": "invalid_json", "detail": "the body must be JSON"}, status=400
-        )
+        body = await _json_body(request, gw.settings.server.handshake_timeout_s)
+    except _BodyError as exc:
+        return exc.response
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip() or len(message) > 4000:
         return web.json_response(

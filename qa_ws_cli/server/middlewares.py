@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -20,12 +21,14 @@ from qa_ws_cli.auth.tokens import Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler
 from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 
 WS_PATH = "/ws"
 ADMIN_PREFIX = "/admin/"
 FILES_PATH = "/files"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (uuid4().hex)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("qa_ws.server")
 
@@ -49,6 +52,14 @@ def refusal(
         error=error,
     )
     return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response the app prepares (``on_response_prepare``): no version in ``Server``,
+    no MIME sniffing, no referrer. (Requests aiohttp cannot parse get the same from the guard.)"""
+    response.headers[hdrs.SERVER] = SERVER_HEADER
+    response.headers.setdefault(hdrs.X_CONTENT_TYPE_OPTIONS, "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 def _guarded(path: str) -> bool:
@@ -114,6 +125,34 @@ def _looks_like_ip(text: str) -> bool:
     return True
 
 
+def guard_middleware() -> Middleware:
+    """Tell the connection's guard (``server/guard.py``) that its first request arrived, and
+    from which address (resolved through ``trusted_proxies``); over the per-address cap: 429."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        over_cap = (
+            isinstance(protocol, GuardedHandler)
+            and not protocol.started
+            and not protocol.request_started(request.remote)
+        )
+        if over_cap and isinstance(protocol, GuardedHandler):
+            response = refusal(
+                request.app[GATEWAY],
+                request,
+                429,
+                HandshakeError.TOO_MANY_CONNECTIONS,
+                f"at most {protocol.guard.max_per_ip} connections per client address",
+                {hdrs.RETRY_AFTER: "5"},
+            )
+            response.force_close()
+            return response
+        return await handler(request)
+
+    return middleware
+
+
 def origin_middleware() -> Middleware:
     """Exact match against the gateway's allowlist (the config's, plus its own page's origins)."""
 
@@ -155,7 +194,7 @@ def auth_middleware() -> Middleware:
         needed = "admin" if request.path.startswith(ADMIN_PREFIX) else "chat"
         if gw.verifier is None:
             request[CLAIMS] = Claims(
-                sub=f"anonymous@{request.remote}",
+                sub=await _anonymous_user(gw, request),
                 exp=float("inf"),
                 iat=0.0,
                 jti=None,
@@ -186,7 +225,7 @@ def auth_middleware() -> Middleware:
             claims = await gw.verifier.averify(token)
         except AuthError as exc:
             return refusal(gw, request, 401, exc.code, exc.message, challenge)
-        if gw.revocations.is_revoked(claims.jti):
+        if gw.revocations.is_revoked(claims.jti, claims.sub, claims.iat):
             return refusal(
                 gw,
                 request,
@@ -207,6 +246,21 @@ def auth_middleware() -> Middleware:
         return await handler(request)
 
     return middleware
+
+
+async def _anonymous_user(gw: Gateway, request: web.Request) -> str:
+    """Without authentication each connection is its own user, ``anon-<random>``; resuming a
+    session (on any instance) makes it that session's user again: the session id is the only
+    credential."""
+    session_id = request.query.get("session_id")
+    if session_id and request.path == WS_PATH and _SESSION_ID.fullmatch(session_id):
+        try:
+            record = await gw.store.resume(session_id, -1)
+        except Exception:  # a store that fails means a fresh anonymous user, never a 500
+            record = None
+        if record is not None and record.user.startswith("anon-"):
+            return record.user
+    return f"anon-{secrets.token_hex(8)}"
 
 
 def caps_middleware() -> Middleware:

@@ -16,6 +16,7 @@ from qa_ws_cli.config import Settings
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.app import create_app
 from qa_ws_cli.server.gateway import GATEWAY
+from qa_ws_cli.server.guard import ConnectionGuard, raise_open_files_limit
 from qa_ws_cli.server.logs import AccessLogger
 from qa_ws_cli.server.store import Store
 
@@ -48,26 +49,33 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` gets the ws:// or wss:// URL once listening."""
     tls = ssl_context(settings)
+    raise_open_files_limit()
     app = create_app(settings, agent, store)
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0,
+        app, handle_signals=False, shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.server.host, settings.server.port, ssl_context=tls, backlog=2048
+    loop = asyncio.get_running_loop()
+    guard = ConnectionGuard(settings.server)
+    loop.set_exception_handler(guard.exception_handler)
+    assert runner.server is not None
+    factory = guard.handler_factory(
+        runner.server,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access"),
+        keepalive_timeout=settings.server.keepalive_timeout_s,
     )
-    try:
-        await site.start()
+    try:  # not web.TCPSite: its protocol factory cannot be chosen (see server/guard.py)
+        listener = await loop.create_server(
+            factory, settings.server.host, settings.server.port, ssl=tls, backlog=2048
+        )
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(
             f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}",
             path="websocket.server.port",
         ) from None
-    port = runner.addresses[0][1] if runner.addresses else settings.server.port
+    port = listener.sockets[0].getsockname()[1] if listener.sockets else settings.server.port
     app[GATEWAY].allow_own_origins(port, tls is not None)
     url = f"{'wss' if tls else 'ws'}://{settings.server.host}:{port}/ws"
     stop = asyncio.Event()
@@ -83,7 +91,6 @@ async def serve(
             log.warning("second signal: stopping now")
             os._exit(130)
 
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     if on_ready is not None:
@@ -94,4 +101,5 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        listener.close()  # stop accepting; runner.cleanup closes the connections
         await runner.cleanup()
