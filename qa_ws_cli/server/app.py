@@ -21,6 +21,7 @@ from qa_ws_cli.server.middlewares import (
     request_id_middleware,
 )
 from qa_ws_cli.server.store import MemoryStore, Store
+from qa_ws_cli.server.web import ASSETS, Assets
 
 
 def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> web.Application:
@@ -38,7 +39,9 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app[ASSETS] = Assets.load()
     app.router.add_get("/", handlers.index)
+    app.router.add_get("/static/{name:.+}", handlers.static)
     app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)

@@ -8,7 +8,6 @@ import logging
 import re
 import time
 import uuid
-from importlib import resources
 
 from aiohttp import WSMsgType, web
 
@@ -21,11 +20,8 @@ from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.sessions import Session
+from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
-_CSP = (
-    "default-src 'self'; connect-src 'self' ws: wss:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
-)
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as SessionManager.create makes them
 _CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 
@@ -193,10 +189,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    page = resources.files("qa_ws_cli.server.web").joinpath("index.html").read_text("utf-8")
-    return web.Response(
-        text=page, content_type="text/html", headers={"Content-Security-Policy": _CSP}
-    )
+    return respond(request, request.app[ASSETS].page, {"Content-Security-Policy": PAGE_CSP})
+
+
+async def static(request: web.Request) -> web.Response:
+    """The page's scripts, styles and vendored libraries; any other name is a plain 404."""
+    asset = request.app[ASSETS].files.get(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound(text="not found")
+    return respond(request, asset, {})
 
 
 async def admin_broadcast(request: web.Request) -> web.Response:
