@@ -38,9 +38,13 @@ function claims(jwt) {  // unverified: only to name the user and to see an expir
 }
 function expired(jwt) { const exp = claims(jwt).exp; return typeof exp === "number" && exp * 1000 <= Date.now(); }
 function status(state, text) { statusLine.dataset.state = state; statusLine.textContent = text; }
+let tokenShown = false;  // the token form, folded away while connected unless asked for
 function updateControls() {
   input.disabled = !open;
   $("send").disabled = !open || uploads.busy;
+  $("auth").hidden = open && !tokenShown;
+  $("change").hidden = !open;
+  $("change").setAttribute("aria-expanded", String(!$("auth").hidden));
 }
 function stop(text, note) { open = false; updateControls(); status("stopped", text); if (note) view.systemLine(note); }
 function saveSession() { tab.saveSession(session); }
@@ -208,9 +212,11 @@ function send() {
   grow();
 }
 
-function grow() {
-  input.style.height = "auto";
-  input.style.height = `${Math.min(input.scrollHeight + 2, 192)}px`;
+function grow() {  // the box grows with its text; the conversation keeps its end in view
+  view.keepScrolled(() => {
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight + 2, 192)}px`;
+  });
 }
 
 // what this tab showed before a reload
@@ -222,7 +228,12 @@ for (const entry of tab.entries()) {
 }
 for (const id of pending.keys()) answerFor(id);
 
-$("auth").addEventListener("submit", (e) => { e.preventDefault(); start(tokenBox.value.trim()); });
+$("auth").addEventListener("submit", (e) => { e.preventDefault(); tokenShown = false; start(tokenBox.value.trim()); });
+$("change").addEventListener("click", () => {
+  tokenShown = $("auth").hidden;
+  updateControls();
+  if (tokenShown) tokenBox.focus();
+});
 remember.addEventListener("change", () => { if (tokenBox.value.trim()) savedToken.save(tokenBox.value.trim(), remember.checked); });
 $("form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
 input.addEventListener("input", grow);

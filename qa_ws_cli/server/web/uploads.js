@@ -6,6 +6,8 @@ const tray = document.getElementById("tray");
 const attach = document.getElementById("attach");
 const picker = document.getElementById("file");
 const drop = document.getElementById("drop");
+const hint = document.getElementById("hint");
+const HINT = hint.textContent;
 
 function size(bytes) {
   if (bytes < 1024) return `${bytes} B`;
@@ -49,6 +51,7 @@ export class Uploads {
     this.maxBytes = typeof max === "number" && max > 0 ? max : 0;
     if (typeof limits?.max_attachments === "number") this.maxFiles = limits.max_attachments;
     attach.hidden = !this.enabled;
+    hint.textContent = this.enabled ? `${HINT} · drop or paste files to attach them` : HINT;
   }
 
   add(files) {

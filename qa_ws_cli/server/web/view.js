@@ -14,8 +14,8 @@ function el(tag, className, text) {
 
 function nearBottom() { return log.scrollHeight - log.scrollTop - log.clientHeight < 80; }
 
-function append(node) {
-  const follow = nearBottom();
+function append(node, always = false) {
+  const follow = always || nearBottom();
   empty.hidden = true;
   log.append(node);
   if (follow) log.scrollTop = log.scrollHeight;
@@ -54,7 +54,7 @@ export function fileChips(files) {
 export function userLine(text, files) {
   const node = el("div", "msg user", text);
   if (files && files.length) node.append(fileChips(files));
-  return append(node);
+  return append(node, true);  // what the user just sent is always in view
 }
 
 /** One answer: the Markdown bubble (`.msg.agent`, answer text only), its tools, its timings. */
