@@ -578,3 +578,29 @@ def test_a_reload_mid_answer_shows_the_answer_and_keeps_the_token_in_the_tab(
     assert page.evaluate("localStorage.length") == 0
     assert watch.errors == [] and watch.csp_violations() == []
     page.context.close()
+
+
+def test_stop_cancels_the_streaming_answer_by_keyboard(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--demo-latency-ms", "4000")
+    page = open_page(browser, 390)
+    watch = Watch(page)
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    ask(page, QUESTION)
+    agent = page.locator(".msg.agent")
+    expect(agent).to_have_text(re.compile(r"^To test a login form"))
+    stop = page.get_by_role("button", name="Stop this answer")
+    stop.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.error")).to_have_text(re.compile(r"^cancelled: "))
+    expect(agent).not_to_have_class(re.compile("streaming"))
+    expect(stop).to_have_count(0)
+    assert agent.inner_text() != LOGIN_ANSWER  # it stopped where it was
+    expect(page.locator("#input")).to_be_enabled()
+    server.stop()
+    assert "outcome=cancelled" in server.output()
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
