@@ -604,3 +604,57 @@ def test_stop_cancels_the_streaming_answer_by_keyboard(
     assert "outcome=cancelled" in server.output()
     assert watch.errors == [] and watch.csp_violations() == []
     page.context.close()
+
+
+def test_tool_progress_is_listed_under_the_answer(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    """The page's own view code, in the page served by a real server, fed the documented
+    ``agent_event`` frames directly: no backend sends them until agent events land (issue 12),
+    when this becomes an end-to-end test."""
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
+    page = open_page(browser, 390)
+    watch = Watch(page)
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    tool = {"id": "t1", "name": "lookup_test_plan", "args": {"feature": "login"}}
+    hostile = {"id": "t2", "name": "<img src=x onerror=alert(1)>"}
+    frames = [
+        {"kind": "tool_started", "tool": tool},
+        {"kind": "tool_started", "tool": hostile},
+        {"kind": "status", "text": "reading the plan"},
+        {"kind": "reasoning", "text": "the login form "},
+        {"kind": "reasoning", "text": "needs a lockout check"},
+        {
+            "kind": "tool_finished",
+            "tool": {"id": "t1", "name": "lookup_test_plan"},
+            "ms": 120,
+            "result_preview": "12 cases",
+        },
+        {"kind": "tool_failed", "tool": hostile, "message": "timeout"},
+        {"kind": "something_new", "text": "ignored"},
+    ]
+    page.evaluate(
+        """async (frames) => {
+            const view = await import("/static/view.js");
+            const answer = new view.Answer("q1", null);
+            answer.streaming(Date.now(), null);
+            for (const f of frames) answer.event({type: "agent_event", reply_to: "q1", ...f});
+        }""",
+        frames,
+    )
+    items = page.locator(".turn .progress li")
+    expect(items).to_have_text(
+        [
+            "lookup_test_plan done in 120 ms",
+            "<img src=x onerror=alert(1)> failed: timeout",
+            "reading the plan",
+            "thinking: the login form needs a lockout check",
+        ]
+    )
+    expect(items.first).to_have_attribute("title", "12 cases")
+    expect(items.nth(1)).to_have_class("failed")
+    expect(page.locator("#log img")).to_have_count(0)
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
