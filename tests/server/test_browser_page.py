@@ -478,7 +478,8 @@ def test_a_hostile_answer_stays_inert(
     assert (md_link.get_attribute("href") or "").startswith("javascript") is False
     expect(page.locator('#log a[href^="javascript" i]')).to_have_count(0)
     md_link.click()
-    agent.locator("a", has_text="pixel").click(modifiers=["Alt"])  # an image became a link
+    pixel = agent.locator("a", has_text="pixel")  # an image became a link, never loaded
+    expect(pixel).to_have_attribute("href", "http://127.0.0.1:1/track.png")
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None
     assert not [u for u in requested if "/x" in u or "track.png" in u or "healthz" in u], requested
