@@ -24,6 +24,7 @@ from qa_ws_cli.server.middlewares import (
     security_headers,
 )
 from qa_ws_cli.server.store import MemoryStore, Store
+from qa_ws_cli.server.web import ASSETS, Assets
 
 
 def create_app(
@@ -46,7 +47,9 @@ def create_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app[ASSETS] = Assets.load()
     app.router.add_get("/", handlers.index)
+    app.router.add_get("/static/{name:.+}", handlers.static)
     app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
     files_http.setup(app, files, signer)
     app.cleanup_ctx.append(_lifetime)

@@ -10,7 +10,6 @@ import logging
 import re
 import time
 import uuid
-from importlib import resources
 from ipaddress import ip_address
 
 from aiohttp import WSMsgType, hdrs, web
@@ -24,12 +23,8 @@ from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.session_store import ResumeRecord
+from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
-_CSP = (
-    "default-src 'self'; connect-src 'self' ws: wss:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-)
 MAX_JSON_DIGITS = 100  # an admin body never needs longer numbers; Python's own cap is 4,300
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
 
@@ -260,10 +255,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    page = resources.files("qa_ws_cli.server.web").joinpath("index.html").read_text("utf-8")
-    return web.Response(
-        text=page, content_type="text/html", headers={"Content-Security-Policy": _CSP}
-    )
+    return respond(request, request.app[ASSETS].page, {"Content-Security-Policy": PAGE_CSP})
+
+
+async def static(request: web.Request) -> web.Response:
+    """The page's scripts, styles and vendored libraries; any other name is a plain 404."""
+    asset = request.app[ASSETS].files.get(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound(text="not found")
+    return respond(request, asset, {})
 
 
 def _bad_body(detail: str, status: int = 400) -> web.Response:
