@@ -129,4 +129,5 @@ def compare(
 
 def regressions(gates: list[GateResult]) -> list[str]:
     """The failed baseline figures, for the one-line verdict."""
-    return [g.name.removesuffix(" vs baseline") for g in gates if not g.passed]
+    suffix = " vs baseline"
+    return [g.name.removesuffix(suffix) for g in gates if g.name.endswith(suffix) and not g.passed]

@@ -186,7 +186,7 @@ def command(
         return
     run_id = uuid.uuid4().hex[:8]
     spec = BenchSpec(
-        url="",  # known once the server is chosen (or started)
+        url=url or "",  # or the --serve servers, or the config's, once chosen
         scenario=cast(Scenario, scenario),
         users=users,
         spawn_rate=spawn_rate,

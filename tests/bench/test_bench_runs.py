@@ -20,7 +20,8 @@ import typer
 from typer.testing import CliRunner
 
 from qa_ws_cli.auth.tokens import issue_token
-from qa_ws_cli.bench.gates import BenchResult
+from qa_ws_cli.bench.gates import BenchResult, Thresholds
+from qa_ws_cli.bench.outcome import ReportPaths
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions
 from qa_ws_cli.cli import bench as bench_cli
 from qa_ws_cli.cli.main import app
@@ -63,7 +64,7 @@ def test_the_cli_process_never_imports_locust_or_gevent() -> None:
     ("args", "message"),
     [
         (["--users", "0"], "--users must be at least 1"),
-        (["--scenario", "stampede"], "--scenario must be one of chat, idle, burst, churn"),
+        (["--scenario", "stampede"], "--scenario must be one of chat, idle, burst, churn, reconnect"),
         (["--duration", "soon"], "--duration"),
         (["--duration", "0s"], "--duration must be more than 0"),
         (["--serve", "--url", "ws://127.0.0.1:1/ws"], "exclude each other"),
@@ -117,13 +118,13 @@ def test_a_short_chat_run_passes_and_writes_every_report(tmp_path: Path) -> None
         "20",
         "--duration",
         "4s",
-        "--json",
+        "--report-json",
         str(out / "bench.json"),
-        "--csv",
+        "--report-csv",
         str(out / "csv" / "bench"),
-        "--html",
+        "--report-html",
         str(out / "bench.html"),
-        "--junit",
+        "--report-junit",
         str(out / "bench.xml"),
     )
     assert result.exit_code == 0, result.output
@@ -171,9 +172,9 @@ def test_a_slow_agent_fails_the_p95_gate_with_exit_1(tmp_path: Path) -> None:
         "3s",
         "--max-p95-ms",
         "500",
-        "--json",
+        "--report-json",
         str(tmp_path / "slow.json"),
-        "--junit",
+        "--report-junit",
         str(tmp_path / "slow.xml"),
     )
     assert result.exit_code == 1, result.output
@@ -199,7 +200,7 @@ def test_other_scenarios(scenario: str, tmp_path: Path) -> None:
         "10",
         "--duration",
         "2.5s" if scenario == "churn" else "1.5s",  # churn: time for users to come back
-        "--json",
+        "--report-json",
         str(out),
         *extra,
     )
@@ -230,7 +231,7 @@ def test_processes_split_the_users_and_still_gate_on_all_raw_samples(tmp_path: P
         "3s",
         "--processes",
         "2",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 0, result.output
@@ -309,7 +310,8 @@ def test_locust_events_reach_the_result(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         from locust.env import Environment
         import json
-        from qa_ws_cli.bench.gates import BenchResult
+        from qa_ws_cli.bench.gates import BenchResult, Thresholds
+from qa_ws_cli.bench.outcome import ReportPaths
         from qa_ws_cli.bench.hooks import install, state_of, thresholds_from_env
         from qa_ws_cli.bench.spec import LoadOptions
         from qa_ws_cli.bench.tokens import TokenSource
@@ -384,7 +386,7 @@ def test_the_load_process_gives_up_when_no_user_can_connect(tmp_path: Path) -> N
     assert result.unreachable and result.errors_by_code["connect_refused"] >= 3
     assert "connect_refused" in (result.first_connect_error or "")
     with pytest.raises(typer.Exit) as exit_info:
-        bench_cli._finish(raw, spec, "now", "not served here", 500.0, 0.0, None, None, None, None)
+        bench_cli._finish(raw, spec, {"scenario": "chat"}, Thresholds(), None, ReportPaths(), False)
     assert exit_info.value.exit_code == 2
 
 
@@ -432,7 +434,7 @@ def test_one_token_for_all_users_meets_the_per_user_cap(
         "12",
         "--duration",
         "1.5s",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
@@ -459,7 +461,7 @@ def test_answers_slower_than_the_answer_timeout_are_errors(
         "2s",
         "--answer-timeout",
         "1",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
@@ -487,7 +489,7 @@ def test_a_burst_the_server_allows_is_an_error(
         "2",
         "--duration",
         "1.5s",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
