@@ -257,6 +257,7 @@ def run_load(spec: BenchSpec, spec_path: Path, result_path: Path) -> int:
         aborted=aborted,
         processes=spec.processes,
         workers=len(expected),
+        users_after_quit=runner.user_count,  # 0 unless a user outlived Locust's stop
         users_timeline=timeline,
         locust={"requests": env.stats.total.num_requests, "failures": env.stats.total.num_failures},
     )

@@ -64,7 +64,10 @@ def test_the_cli_process_never_imports_locust_or_gevent() -> None:
     ("args", "message"),
     [
         (["--users", "0"], "--users must be at least 1"),
-        (["--scenario", "stampede"], "--scenario must be one of chat, idle, burst, churn, reconnect"),
+        (
+            ["--scenario", "stampede"],
+            "--scenario must be one of chat, idle, burst, churn, reconnect",
+        ),
         (["--duration", "soon"], "--duration"),
         (["--duration", "0s"], "--duration must be more than 0"),
         (["--serve", "--url", "ws://127.0.0.1:1/ws"], "exclude each other"),
@@ -137,10 +140,12 @@ def test_a_short_chat_run_passes_and_writes_every_report(tmp_path: Path) -> None
     assert data["errors"]["total"] == 0 and data["throughput"]["answers"] >= 20
     assert data["generator"]["all_reports_received"] is True
     assert [g["passed"] for g in data["gates"]] == [True, True, True]
+    assert f"report: {out / 'bench.json'}" in result.output.replace("\n", "")
     cases = ET.parse(out / "bench.xml").getroot().findall("./testsuite/testcase")
     assert len(cases) == 3 and all(c.find("failure") is None for c in cases)
     html = (out / "bench.html").read_text()
-    assert "Locust" in html and "templateArgs" in html and '"name": "chat"' in html
+    assert html.index("PASS: qa-ws bench chat") < html.index("Gates") < html.index("srcdoc=")
+    assert "templateArgs" in html and "&quot;name&quot;: &quot;chat&quot;" in html
     csv_names = sorted(p.name for p in (out / "csv").iterdir())
     assert csv_names == [
         "bench_errors.csv",
