@@ -197,7 +197,7 @@ class BenchSpec:
             (self.spawn_rate <= 0, "--spawn-rate must be positive"),
             (
                 not 0 < self.total_seconds <= MAX_DURATION_S,
-                "--duration must be more than 0 and at most 24h (--stages: together)",
+                "--duration must be more than 0 and at most 24h",
             ),
             (self.scenario not in SCENARIOS, f"--scenario must be one of {', '.join(SCENARIOS)}"),
             (

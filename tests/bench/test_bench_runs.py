@@ -315,8 +315,7 @@ def test_locust_events_reach_the_result(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         from locust.env import Environment
         import json
-        from qa_ws_cli.bench.gates import BenchResult, Thresholds
-from qa_ws_cli.bench.outcome import ReportPaths
+        from qa_ws_cli.bench.gates import BenchResult
         from qa_ws_cli.bench.hooks import install, state_of, thresholds_from_env
         from qa_ws_cli.bench.spec import LoadOptions
         from qa_ws_cli.bench.tokens import TokenSource
