@@ -526,3 +526,12 @@ def test_a_load_process_that_dies_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> 
     result = bench("--serve", "--users", "1", "--duration", "1s")
     assert result.exit_code == 2
     assert "the load process failed (exit 3)" in result.output and "boom" in result.output
+
+
+def test_help_shows_examples_and_the_shared_option_names() -> None:
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = result.output
+    assert "Examples:" in text and "qa-ws bench --serve --users 150" in text
+    assert "--duration" in text and "-d" in text and "-t," not in text  # -t is --token elsewhere
+    assert "--json " in text and "--report-json" in text and "--report-html" in text
