@@ -18,7 +18,7 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from qa_ws_cli.cli.main import app
-from tests.server.test_redis_store import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.redis_server import RedisServer
 
 runner = CliRunner()
 
@@ -146,14 +146,9 @@ def test_instances_need_a_store() -> None:
     assert result.exit_code == 2 and "--redis-url" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: until sessions live in Redis, a resume on the other instance starts a "
-    "fresh session (nothing is lost: the resend is answered there); remove once it lands",
-)
 def test_two_instances_behind_redis_resume_on_the_other_one(
     tmp_path: Path,
-    redis_server: RedisServer,  # noqa: F811 - the fixture
+    redis_server: RedisServer,
 ) -> None:
     out = tmp_path / "r.json"
     result = reconnect_run(out, "--serve", "--instances", "2", "--redis-url", redis_server.url)
