@@ -62,6 +62,7 @@ def create_app(
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.start()
+    await gateway.refresh_revocations()
     housekeeping = asyncio.get_running_loop().create_task(gateway.housekeeping_loop())
     yield
     housekeeping.cancel()
