@@ -70,7 +70,9 @@ class Gateway:
         self.verifier = TokenVerifier(auth, settings.secret()) if auth.enabled else None
         self.revocations = RevocationCache(RevocationList(auth.revocation_file))
         self._revocations_read_at = 0.0
-        self.frames = FrameHandler(self.driver, self.limiter, self.metrics)
+        self.frames = FrameHandler(
+            self.driver, self.limiter, self.metrics, lim.max_frames_per_second
+        )
         self.allowed_origins = set(settings.security.cors.origins)
         self._agent_ready: tuple[float, bool] = (0.0, False)
         self._touched_at = 0.0
