@@ -179,7 +179,11 @@ class Live:
         settings = make_settings(
             tmp_path,
             server={"max_connections_per_user": 1000},
-            limits={"max_message_bytes": MAX_BYTES, "max_content_chars": MAX_CHARS},
+            limits={
+                "max_message_bytes": MAX_BYTES,
+                "max_content_chars": MAX_CHARS,
+                "max_frames_per_second": 1_000_000,  # the frame budget has its own tests
+            },
             security={"rate_limiting": {"max_requests_per_minute": 1_000_000, "burst": 100_000}},
             sessions={"ttl_s": 1},
         )
