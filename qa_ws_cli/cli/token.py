@@ -12,7 +12,9 @@ import typer
 from qa_ws_cli.auth.revocation import RevocationList
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
 from qa_ws_cli.cli.common import (
+    SIGNING_HINT,
     ConfigOption,
+    err_console,
     fail,
     failures,
     out_console,
@@ -20,8 +22,20 @@ from qa_ws_cli.cli.common import (
     settings_from,
 )
 from qa_ws_cli.config import parse_duration
+from qa_ws_cli.errors import QaWsError
 
-app = typer.Typer(help="Mint, check and revoke JSON Web Tokens.", no_args_is_help=True)
+app = typer.Typer(
+    help="""Mint, check and revoke JSON Web Tokens.
+
+    Without WEBSOCKET_SECRET_KEY these use the development secret `qa-ws serve --dev` keeps.
+
+    Examples:
+      qa-ws token issue --sub alice --ttl 1h
+      qa-ws token verify "$TOKEN"
+      qa-ws token revoke "$TOKEN"
+    """,
+    no_args_is_help=True,
+)
 
 TokenArg = Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")]
 
@@ -45,7 +59,8 @@ def issue(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print a token signed with the configured key (WEBSOCKET_SECRET_KEY for HS256).
+    """Print a token signed with the configured key (WEBSOCKET_SECRET_KEY for HS256), or else
+    with the development secret `qa-ws serve --dev` keeps, so the token works against it.
 
     Example: qa-ws token issue --sub alice --ttl 1h --scope chat
     """
@@ -55,9 +70,15 @@ def issue(
         fail(str(exc))
     if ttl_s <= 0:
         fail("--ttl must be positive")
-    settings = settings_from(config).settings
-    with failures():
+    loaded = settings_from(config, dev_secret=True)
+    settings = loaded.settings
+    source = loaded.source("security.secret_key")
+    if source.startswith("dev secret "):
+        err_console.print(f"signed with the {source} (no WEBSOCKET_SECRET_KEY set)", markup=False)
+    try:
         token, claims = issue_token(settings, sub, ttl_s=ttl_s, scope=scope)
+    except QaWsError as exc:
+        fail(exc.message + (SIGNING_HINT if settings.secret() is None else ""))
     if as_json:
         print(json.dumps({"token": token, "claims": claims}))
     else:
@@ -71,7 +92,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
     Example: qa-ws token verify "$TOKEN"
     """
     token = read_stdin_value(token)
-    settings = settings_from(config).settings
+    settings = settings_from(config, dev_secret=True).settings
     auth = settings.security.authentication
     with failures():
         claims = TokenVerifier(auth, settings.secret()).verify(token)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -20,6 +22,44 @@ from qa_ws_cli.server.logs import AccessLogger
 from qa_ws_cli.server.store import Store
 
 log = logging.getLogger("qa_ws.server")
+BACKLOG = 2048
+
+
+class BindError(ConfigError):
+    """The listening socket could not be had: ``errno`` says why (EADDRINUSE, EACCES, ...)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+        if isinstance(exc, socket.gaierror) or not exc.errno:
+            reason = exc.strerror or str(exc)
+        else:  # not create_server's "(while attempting to bind ...)" suffix
+            reason = os.strerror(exc.errno)
+        super().__init__(f"cannot listen on {where}: {reason}", path="websocket.server.port")
+        self.host, self.port = host, port
+        self.errno = errno.EADDRNOTAVAIL if isinstance(exc, socket.gaierror) else exc.errno
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names, bound before the app starts so a
+    failure has nothing to undo (no startup, no drain); with port 0 they share one free port."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(host, port, exc) from None
+    addresses = dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos)
+    sockets: list[socket.socket] = []
+    try:
+        for family, sockaddr in addresses:
+            chosen = sockets[0].getsockname()[1] if sockets else port
+            address = (sockaddr[0], chosen, *sockaddr[2:])
+            sockets.append(socket.create_server(address, family=family, backlog=BACKLOG))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise BindError(host, port, exc) from None
+    return sockets
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -48,6 +88,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` gets the ws:// or wss:// URL once listening."""
     tls = ssl_context(settings)
+    sockets = bind(settings.server.host, settings.server.port)
     app = create_app(settings, agent, store)
     runner = web.AppRunner(
         app,
@@ -55,19 +96,16 @@ async def serve(
         access_log_class=AccessLogger,
         shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0,
     )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, settings.server.host, settings.server.port, ssl_context=tls, backlog=2048
-    )
     try:
-        await site.start()
-    except OSError as exc:
+        await runner.setup()
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=tls, backlog=BACKLOG).start()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
         await runner.cleanup()
-        raise ConfigError(
-            f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}",
-            path="websocket.server.port",
-        ) from None
-    port = runner.addresses[0][1] if runner.addresses else settings.server.port
+        raise
+    port = runner.addresses[0][1]
     app[GATEWAY].allow_own_origins(port, tls is not None)
     url = f"{'wss' if tls else 'ws'}://{settings.server.host}:{port}/ws"
     stop = asyncio.Event()
