@@ -186,6 +186,14 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     store: StoreSettings = StoreSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, *_sources: Any, **_named: Any
+    ) -> tuple[Any, ...]:
+        """Only the values given: ``load_settings`` layers file, environment and flags itself
+        (so ``environ={}`` means no environment, and the defaults are the built-in ones)."""
+        return (init_settings,)
+
     def secret(self) -> str | None:
         key = self.security.secret_key
         return key.get_secret_value() if key is not None else None

@@ -105,6 +105,16 @@ def test_bad_values_name_the_field_path(tmp_path: Path) -> None:
         validate_file(tmp_path / "missing.yaml")
 
 
+def test_an_empty_environ_means_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBSOCKET_SERVER__PORT", "9001")
+    monkeypatch.setenv("WEBSOCKET_LIMITS__HEARTBEAT_S", "3")
+    isolated = load_settings(None, environ={}).settings
+    assert (isolated.server.port, isolated.limits.heartbeat_s) == (8765, 20.0)
+    loaded = load_settings(None)
+    assert (loaded.settings.server.port, loaded.settings.limits.heartbeat_s) == (9001, 3.0)
+    assert loaded.source("server.port") == "env WEBSOCKET_SERVER__PORT"
+
+
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
     cfg = tmp_path / "empty.yaml"
     cfg.write_text("")

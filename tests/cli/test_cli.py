@@ -121,10 +121,16 @@ def test_config_show_redacts_and_names_sources(
     result = runner.invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)
-    assert data["server.port"] == {"value": 9123, "source": "environment"}
+    assert data["server.port"] == {
+        "value": 9123,
+        "source": "env WEBSOCKET_PORT",
+        "changed": True,
+        "default": 8765,
+    }
     assert data["security.secret_key"]["value"] == "**********"
     assert SECRET not in result.output
     assert data["limits.max_message_bytes"]["source"] == "default"
+    assert data["security.secret_key"]["source"] == "env WEBSOCKET_SECRET_KEY"
     table = runner.invoke(app, ["config", "show"])
     assert table.exit_code == 0 and "websocket.server.port" in table.output
 
