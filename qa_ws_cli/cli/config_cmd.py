@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qa_ws_cli.cli.common import ConfigOption, fail, out_console, settings_from
+from qa_ws_cli.cli.help import Command, Group
 from qa_ws_cli.config import Settings, flatten, validate_file
 from qa_ws_cli.errors import ConfigError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
       qa-ws config validate configs/production.example.yaml
     """,
     no_args_is_help=True,
+    cls=Group,
 )
 
 # below this many columns for the value and source, rows stack instead of sharing a line
@@ -44,7 +46,7 @@ def _render(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-@app.command()
+@app.command(cls=Command)
 def show(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -70,9 +72,8 @@ def show(
     names = [f"websocket.{path}" for path, *_ in rows]
     width = max(map(len, names), default=10)
     n_changed = sum(1 for _, value, _, default in rows if value != default)
-    title = (
-        f"qa-ws configuration: {n_changed} of {len(rows)} differ from the defaults"
-        + ("" if changed else " (in bold; --changed shows only those)")
+    title = f"qa-ws configuration: {n_changed} of {len(rows)} differ from the defaults" + (
+        "" if changed else " (in bold; --changed shows only those)"
     )
     if out_console.width - width - 4 < _MIN_VALUE_COLUMNS:
         _stacked(title, names, rows)
@@ -100,7 +101,7 @@ def _stacked(title: str, names: list[str], rows: list[tuple[str, Any, str, Any]]
         out_console.print(line)
 
 
-@app.command()
+@app.command(cls=Command)
 def validate(
     file: Annotated[Path, typer.Argument(help="YAML file to check.", exists=True, dir_okay=False)],
 ) -> None:

@@ -21,6 +21,7 @@ from qa_ws_cli.cli.common import (
     read_stdin_value,
     settings_from,
 )
+from qa_ws_cli.cli.help import Command, Group
 from qa_ws_cli.config import parse_duration
 from qa_ws_cli.errors import QaWsError
 
@@ -35,6 +36,7 @@ app = typer.Typer(
       qa-ws token revoke "$TOKEN"
     """,
     no_args_is_help=True,
+    cls=Group,
 )
 
 TokenArg = Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")]
@@ -47,7 +49,7 @@ def _when(ts: Any) -> str:
         return str(ts)
 
 
-@app.command()
+@app.command(cls=Command)
 def issue(
     sub: Annotated[str, typer.Option("--sub", help="User id (the token's subject).")],
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 90s, 15m, 1h, 7d.")] = "1h",
@@ -85,7 +87,7 @@ def issue(
         print(token)
 
 
-@app.command()
+@app.command(cls=Command)
 def verify(token: TokenArg, config: ConfigOption = None) -> None:
     """Check a token against the configured key, issuer and audience; exit 1 with the reason.
 
@@ -107,7 +109,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def revoke(
     token: Annotated[str | None, typer.Argument(help="The token, or - for stdin.")] = None,
     jti: Annotated[str | None, typer.Option("--jti", help="Revoke by token id instead.")] = None,
