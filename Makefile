@@ -40,8 +40,10 @@ format: install
 bench: install  ## the acceptance gate: 150 users for 30 s against a local server
 	$(BIN)/qa-ws bench --serve --users 150 --duration 30s $(ARGS)
 
-bench-ci: install  ## the CI performance gate: 150 users, about 15 s
-	$(BIN)/qa-ws bench --serve --users 150 --spawn-rate 75 --duration 15s --json reports/bench.json --junit reports/bench.xml $(ARGS)
+bench-ci: install  ## the CI performance gate: 150 users, about 15 s, a streaming agent
+	$(BIN)/qa-ws bench --serve --agent demo --demo-latency-ms 200 --users 150 --spawn-rate 75 --duration 15s \
+		--max-p95-ms 500 --max-ttft-p95-ms 250 \
+		--report-json reports/bench.json --report-junit reports/bench.xml --report-html reports/bench.html $(ARGS)
 
 bench-overhead: install  ## the gateway's cost per message and per idle connection, against bare aiohttp
 	$(BIN)/python loadtests/gateway_overhead.py $(ARGS)

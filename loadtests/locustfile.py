@@ -16,8 +16,8 @@ the figures and gates printed at the end are computed from every process's raw s
 Environment variables (the same on master and workers):
 
     QA_WS_URL              the target when --host is not given
-    QA_WS_SCENARIO         chat (default), idle, burst, churn, or all (every class; pick in
-                           the web UI or name classes on the command line)
+    QA_WS_SCENARIO         chat (default), idle, burst, churn, reconnect, or all (every
+                           class; pick in the web UI or name classes on the command line)
     QA_WS_TOKEN            one JWT for every user; without it, when
     WEBSOCKET_SECRET_KEY   (the server's signing key) is set, each user gets its own token
                            with a distinct sub; QA_WS_CONFIG names a qa-ws YAML config for
@@ -47,9 +47,10 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from qa_ws_cli.bench.hooks import install, listen, report_on_quit
+from qa_ws_cli.bench.scenarios import SCENARIO_USERS
 from qa_ws_cli.bench.spec import LoadOptions, check_url
 from qa_ws_cli.bench.tokens import TokenSource
-from qa_ws_cli.bench.users import SCENARIO_USERS, QaWsUser
+from qa_ws_cli.bench.users import QaWsUser
 
 SCENARIO = os.environ.get("QA_WS_SCENARIO", "chat").strip().lower() or "chat"
 if SCENARIO != "all" and SCENARIO not in SCENARIO_USERS:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -36,6 +37,7 @@ from qa_ws_cli.errors import ConfigError
 
 ENV_PREFIX = "WEBSOCKET_"
 DEFAULT_CONFIG = Path("configs/default.yaml")
+MAX_TOKEN_TTL_S = 366 * 86400  # `token issue` refuses longer lifetimes (a year and a day)
 _ENV_ALIASES = {
     "WEBSOCKET_HOST": ("server", "host"),
     "WEBSOCKET_PORT": ("server", "port"),
@@ -62,11 +64,23 @@ class ServerSettings(_Section):
     ssl: SSLSettings = SSLSettings()
     # proxies (addresses or networks) whose X-Forwarded-For names the real client, e.g. nginx
     trusted_proxies: list[IPvAnyNetwork] = []
+    # Timeouts and limits before the upgrade (docs/security.md)
+    handshake_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send its first request head within this"
+    )
+    keepalive_timeout_s: float = Field(
+        15.0, gt=0, description="plain HTTP: an idle keep-alive connection is closed after this"
+    )
+    max_connections_per_ip: int = Field(
+        128, ge=1, description="open TCP connections per client address (upgraded or not)"
+    )
 
 
 class AuthenticationSettings(_Section):
     enabled: bool = True
-    token_expiry: int = Field(3600, ge=1, description="seconds a token issued here lives")
+    token_expiry: int = Field(
+        3600, ge=1, le=MAX_TOKEN_TTL_S, description="seconds a token issued here lives"
+    )
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256"] = "HS256"
     public_key_file: Path | None = None
     private_key_file: Path | None = None
@@ -74,8 +88,28 @@ class AuthenticationSettings(_Section):
     issuer: str | None = None
     audience: str | None = None
     leeway_s: float = Field(0.0, ge=0)
-    revocation_file: Path = Path(".qa-ws/revoked.jsonl")
+    revocation_file: Path = Field(
+        default_factory=lambda: default_revocation_file(),
+        description="absolute; a relative path in a config file is relative to that file",
+    )
     expiring_notice_s: float = Field(60.0, ge=0)
+
+
+def default_revocation_file() -> Path:
+    """``$XDG_STATE_HOME/qa-ws/revoked.jsonl`` (``~/.local/state`` without it): one list per user
+    account, whatever directory ``serve`` or ``token revoke`` was started in."""
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local/state"
+    return base / "qa-ws" / "revoked.jsonl"
+
+
+class MetricsSettings(_Section):
+    token: SecretStr | None = Field(
+        None, description="if set, GET /metrics needs Authorization: Bearer <this token>"
+    )
+    public: bool = Field(
+        False, description="serve /metrics without a token on a non-loopback bind too"
+    )
 
 
 class CorsSettings(_Section):
@@ -106,6 +140,12 @@ class LimitSettings(_Section):
     send_queue_bytes: int = Field(1024 * 1024, ge=1024)
     heartbeat_s: float = Field(20.0, ge=0, description="0 turns server pings off")
     idle_timeout_s: float = Field(0.0, ge=0, description="0: no idle timeout")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="POST /files, per file")
+    file_ttl_s: float = Field(3600.0, gt=0, description="how long an uploaded file is kept")
+    file_url_ttl_s: float = Field(300.0, gt=0, description="signed URLs of produced files")
+    files_memory_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="total size of files in the in-memory store"
+    )
 
 
 class SessionSettings(_Section):
@@ -114,6 +154,9 @@ class SessionSettings(_Section):
     ttl_s: float = Field(900.0, ge=1, description="a session with no connection lives this long")
     max_answered_ids: int = Field(500, ge=0)
     history_turns: int = Field(10, ge=0)
+    run_lease_s: float = Field(
+        5.0, gt=0, description="an answer's claim lapses this long after its instance died"
+    )
 
 
 class AgentSettings(_Section):
@@ -140,6 +183,16 @@ class ShutdownSettings(_Section):
 
 
 STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (Redis URLs may carry one: never print it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def store_scheme_problem(url: str) -> str | None:
@@ -185,6 +238,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -345,6 +399,7 @@ def load_settings(
     except ValidationError as exc:
         where, msg = _error_path(exc)
         raise ConfigError(f"{where}: {msg}", path=where) from None
+    settings = _absolute_revocation_file(settings, origins, path)
     loaded = LoadedSettings(settings, origins, path, env_names)
     if dev_secret:
         kept = with_dev_secret(settings, environ)
@@ -352,6 +407,21 @@ def load_settings(
             loaded.settings = kept
             loaded.origins["security.secret_key"] = f"dev secret {dev_secret_path(environ)}"
     return loaded
+
+
+def _absolute_revocation_file(
+    settings: Settings, origins: dict[str, str], config_file: Path | None
+) -> Settings:
+    """A relative revocation list is relative to the config file that names it (else to the
+    working directory, once, here): ``serve`` and ``token revoke`` then share one file."""
+    auth = settings.security.authentication
+    if auth.revocation_file.is_absolute():
+        return settings
+    from_file = origins.get("security.authentication.revocation_file", "").startswith("file ")
+    base = config_file.resolve().parent if from_file and config_file else Path.cwd()
+    resolved = auth.model_copy(update={"revocation_file": base / auth.revocation_file})
+    security = settings.security.model_copy(update={"authentication": resolved})
+    return settings.model_copy(update={"security": security})
 
 
 def validate_file(path: Path) -> Settings:
@@ -388,9 +458,7 @@ def flatten(settings: Settings) -> dict[str, Any]:
 
 def _needs_shared_secret(settings: Settings) -> bool:
     auth = settings.security.authentication
-    return auth.enabled and not (
-        auth.algorithm != "HS256" and (auth.public_key_file or auth.jwks_url)
-    )
+    return auth.enabled and not auth.jwks_url and auth.algorithm.startswith("HS")
 
 
 def _with_secret(settings: Settings, secret: str) -> Settings:
@@ -411,9 +479,15 @@ def ensure_secret(
 ) -> tuple[Settings, Path | None]:
     """Authentication needs a strong key; ``--dev`` keeps one in the state file instead.
 
-    Returns the settings to serve with, and the dev secret's file when that is the key.
+    Every HMAC algorithm (HS256/384/512) needs a secret of 32+ bytes, whatever else is set; an
+    asymmetric one needs a readable public key file, or a JWKS URL. Returns the settings to
+    serve with, and the dev secret's file when that is the key.
     """
-    if not _needs_shared_secret(settings):
+    auth = settings.security.authentication
+    if not auth.enabled or auth.jwks_url:
+        return settings, None
+    if not auth.algorithm.startswith("HS"):
+        _check_key_file(auth)
         return settings, None
     secret = settings.secret()
     if secret is not None and len(secret.encode()) >= MIN_SECRET_BYTES:
@@ -429,6 +503,26 @@ def ensure_secret(
         f"{dev_secret_path(environ)}",
         path="websocket.security.secret_key",
     )
+
+
+def _check_key_file(auth: AuthenticationSettings) -> None:
+    where = "websocket.security.authentication.public_key_file"
+    if auth.public_key_file is None:
+        raise ConfigError(
+            f"{auth.algorithm} needs security.authentication.public_key_file (or jwks_url)",
+            path=where,
+        )
+    try:
+        with auth.public_key_file.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the public key file {auth.public_key_file}: {exc.strerror}", path=where
+        ) from None
+    if b"-----BEGIN" not in head:
+        raise ConfigError(
+            f"the public key file {auth.public_key_file} is not a PEM file", path=where
+        )
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -36,6 +36,7 @@ from qa_ws_cli.config import Settings, load_settings
 from qa_ws_cli.server.app import create_app
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.store import Store
+from tests.redis_server import REDIS, RedisServer
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -219,3 +220,18 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("QA_WS_REQUIRE_ALL") == "1":
+            pytest.fail(f"QA_WS_REQUIRE_ALL=1 but {reason}")
+        pytest.skip(reason)
+    server = RedisServer(REDIS, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,13 +3,21 @@
 The plan's contract is one coroutine, ``async def chat(self, message: str) -> str``. The gateway
 streams, so the interface it calls is ``stream(message, context)``, an async iterator of text
 pieces; an agent implements either and gets the other for free. ``check`` answers readiness.
+
+A backend that knows more than text implements ``events(message, context)`` instead: text
+pieces interleaved with the typed events of ``qa_ws_cli.agents.events`` (tool calls, reasoning,
+status, produced files); ``stream`` then gives its text. ``cancel(context)`` asks the backend
+to stop the run answering ``context.message_id`` for real, not only to stop being read.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
+
+from qa_ws_cli.agents.events import Attachment, Piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,16 +28,29 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class ChatContext:
-    """Who is asking, in which conversation; backends pass these on to the agent."""
+    """Who is asking, in which conversation, with which files; backends pass these on."""
 
     session_id: str = "local"
     user: str = "anonymous"
     message_id: str = ""
     history: Sequence[Turn] = field(default_factory=tuple)
+    attachments: Sequence[Attachment] = field(default_factory=tuple)
+
+
+async def text_pieces(items: AsyncIterator[Piece]) -> AsyncGenerator[str, None]:
+    """Only the text of a run, for callers that show nothing else."""
+    try:
+        async for item in items:
+            if isinstance(item, str):
+                yield item
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class Agent:
-    """Subclass and implement ``stream`` (preferred) or ``chat``."""
+    """Subclass and implement ``events`` (richest), ``stream`` or ``chat``."""
 
     name: str = "agent"
 
@@ -38,9 +59,32 @@ class Agent:
         return "".join([piece async for piece in self.stream(message, ctx)])
 
     async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+        if type(self).events is not Agent.events:
+            async with aclosing(text_pieces(self.events(message, context))) as pieces:
+                async for piece in pieces:
+                    yield piece
+            return
         if type(self).chat is Agent.chat:
             raise NotImplementedError(f"{type(self).__name__} implements neither chat nor stream")
         yield await self.chat(message, context)
+
+    async def events(self, message: str, context: ChatContext) -> AsyncIterator[Piece]:
+        """Text pieces and typed events; by default the text of ``stream`` alone."""
+        pieces = self.stream(message, context)
+        try:
+            async for piece in pieces:
+                yield piece
+        finally:
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def cancel(self, context: ChatContext) -> bool:
+        """Stop the backend's run for ``context.message_id``; True once the backend confirmed.
+
+        The default has nothing to stop beyond the stream the gateway closes, so it is False.
+        """
+        return False
 
     async def check(self) -> bool:
         """True when the backend can answer; ``/readyz`` reports it."""

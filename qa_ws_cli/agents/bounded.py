@@ -10,15 +10,32 @@ after ``queue_timeout_s``, also as ``AgentBusy``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from qa_ws_cli.agents.base import Agent, ChatContext
+from qa_ws_cli.agents.events import Piece
 from qa_ws_cli.config import AgentSettings
 from qa_ws_cli.errors import AgentBusy
 
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _closing(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close ``items`` on leaving, not at garbage collection: an HTTP backend's upstream
+    response is released when its generator ends."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
 
 class BoundedAgent(Agent):
-    """Wraps ``inner``; ``check`` and ``aclose`` go straight through."""
+    """Wraps ``inner``; ``cancel``, ``check`` and ``aclose`` go straight through."""
 
     def __init__(
         self,
@@ -56,7 +73,9 @@ class BoundedAgent(Agent):
     def waiting(self) -> int:
         return self._admitted - self._running
 
-    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+    @contextlib.asynccontextmanager
+    async def _place(self) -> AsyncIterator[None]:
+        """Hold a place in the queue, then a running slot, for one answer."""
         if self._admitted >= self.max_concurrency + self.max_queue:
             raise AgentBusy()
         self._admitted += 1
@@ -68,21 +87,25 @@ class BoundedAgent(Agent):
                 raise AgentBusy() from None
             self._running += 1
             try:
-                pieces = self.inner.stream(message, context)
-                try:
-                    async for piece in pieces:
-                        yield piece
-                finally:
-                    # close the inner stream now, not at garbage collection: an HTTP
-                    # backend's upstream response is released when its generator ends
-                    aclose = getattr(pieces, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                yield
             finally:
                 self._running -= 1
                 self._slots.release()
         finally:
             self._admitted -= 1
+
+    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+        async with self._place(), _closing(self.inner.stream(message, context)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def events(self, message: str, context: ChatContext) -> AsyncIterator[Piece]:
+        async with self._place(), _closing(self.inner.events(message, context)) as items:
+            async for item in items:
+                yield item
+
+    async def cancel(self, context: ChatContext) -> bool:
+        return await self.inner.cancel(context)
 
     async def check(self) -> bool:
         return await self.inner.check()

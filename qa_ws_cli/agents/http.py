@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, NoReturn
 
 import aiohttp
@@ -115,11 +115,20 @@ class SSEHTTPAgent(Agent):
         return ready
 
     async def _events(
-        self, url: URL, *, headers: Mapping[str, str] | None = None, **request: Any
+        self,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        **request: Any,
     ) -> AsyncGenerator[SSEEvent, None]:
-        """The events of one answer, until the upstream ends its response."""
+        """The events of one answer, until the upstream ends its response.
+
+        ``form`` builds a multipart body; it is called again for each retry, since a body
+        that was sent cannot be sent a second time.
+        """
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        response = await self._connect(url, deadline, {"headers": headers, **request})
+        response = await self._connect(url, deadline, {"headers": headers, **request}, form)
         async with response:
             if response.status >= 300:
                 await self._fail(response, deadline)
@@ -145,7 +154,11 @@ class SSEHTTPAgent(Agent):
                     yield event
 
     async def _connect(
-        self, url: URL, deadline: float, request: dict[str, Any]
+        self,
+        url: URL,
+        deadline: float,
+        request: dict[str, Any],
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> aiohttp.ClientResponse:
         """POST, retrying refused or reset connections and 502/503/504 until headers arrive."""
         loop = asyncio.get_running_loop()
@@ -154,6 +167,8 @@ class SSEHTTPAgent(Agent):
         while True:
             failure: str
             try:
+                if form is not None:
+                    request["data"] = form()
                 async with asyncio.timeout_at(deadline):
                     response = await session.post(url, **request)
             except aiohttp.ClientConnectionError as exc:

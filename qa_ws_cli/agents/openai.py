@@ -5,10 +5,16 @@ Ollama, vLLM, llama.cpp's server, LM Studio and OpenAI itself all speak it: ``PO
 ``choices[0].delta.content`` is the next piece, then ``data: [DONE]``. A model remembers
 nothing between calls, so every question carries the optional system prompt and the
 session's recent turns that the gateway keeps (``context.history``).
+
+Attachments go into the user's message as content parts (the chat completions "vision" form):
+an image as an ``image_url`` part holding a ``data:`` URL, a text-like file (plain, Markdown,
+CSV, JSON, XML, log) as a ``text`` part headed by its name. Any other type (a PDF) is refused
+with ``unsupported_file_type``: this wire format has no part for it that every server reads.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -19,15 +25,31 @@ from yarl import URL
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.agents.bounded import BoundedAgent
+from qa_ws_cli.agents.events import Attachment
 from qa_ws_cli.agents.http import SSEHTTPAgent, no_answer, parse_http_url
 from qa_ws_cli.config import AgentSettings, agent_api_key
 from qa_ws_cli.errors import AgentError, ConfigError
+from qa_ws_cli.protocol.codes import ErrorCode
 
 log = logging.getLogger("qa_ws.agents")
 
 EXAMPLE = "openai+http://HOST:PORT/v1"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DONE = "[DONE]"
+
+
+def attachment_part(attachment: Attachment) -> dict[str, Any]:
+    """One file as a chat completions content part, or ``unsupported_file_type``."""
+    if attachment.is_image:
+        encoded = base64.b64encode(attachment.data).decode("ascii")
+        url = f"data:{attachment.mime};base64,{encoded}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    if attachment.is_text:
+        text = attachment.data.decode("utf-8", "replace")
+        return {"type": "text", "text": f"File {attachment.name} ({attachment.mime}):\n{text}"}
+    raise AgentError(
+        f"this agent cannot read {attachment.mime} files", code=ErrorCode.UNSUPPORTED_FILE_TYPE
+    )
 
 
 class OpenAIChatAgent(SSEHTTPAgent):
@@ -48,10 +70,17 @@ class OpenAIChatAgent(SSEHTTPAgent):
         self.model = model
         self.system_prompt = settings.system_prompt
 
-    def messages(self, message: str, context: ChatContext) -> list[dict[str, str]]:
-        prompt = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+    def messages(self, message: str, context: ChatContext) -> list[dict[str, Any]]:
+        prompt: list[dict[str, Any]] = (
+            [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        )
         prompt += [{"role": turn.role, "content": turn.content} for turn in context.history]
-        prompt.append({"role": "user", "content": message})
+        if context.attachments:
+            parts = [{"type": "text", "text": message}]
+            parts += [attachment_part(a) for a in context.attachments]
+            prompt.append({"role": "user", "content": parts})
+        else:
+            prompt.append({"role": "user", "content": message})
         return prompt
 
     async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:

@@ -2,7 +2,10 @@
 
 The plan's interface is one coroutine, ``async def chat(self, message: str) -> str``. An object
 may stream instead: an ``async def stream(message, context)`` generator, or a ``chat`` that
-returns an async iterator; either may take the ``ChatContext`` as its second argument. The
+returns an async iterator; either may take the ``ChatContext`` as its second argument (its
+``attachments`` hold the user's files), and may yield the typed events of
+``qa_ws_cli.agents`` (``ToolStarted``, ``ToolFinished``, ``Reasoning``, ...) between text
+pieces. An async ``cancel(context)`` on the object is called when the user cancels. The
 attribute may also be a class or a zero-argument factory that builds such an object; a sync one
 runs now, so mistakes surface at startup, an async one on first use, inside the running loop.
 A qa-ws ``Agent`` (instance, subclass or factory result) is used as it is.
@@ -18,9 +21,10 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 
-from qa_ws_cli.agents.base import Agent, ChatContext
+from qa_ws_cli.agents.base import Agent, ChatContext, text_pieces
+from qa_ws_cli.agents.events import RUN_EVENT_TYPES, Attachment, Piece, RunEvent
 from qa_ws_cli.agents.http import CHECK_TIMEOUT_S, SPEC_PATH, no_answer
 from qa_ws_cli.config import AgentSettings
 from qa_ws_cli.errors import AgentError, AgentTimeout, ConfigError
@@ -92,13 +96,16 @@ class PythonAgent(Agent):
             self._target, self._build = built, None
             return built
 
-    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+    def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+        return text_pieces(self.events(message, context))
+
+    async def events(self, message: str, context: ChatContext) -> AsyncIterator[Piece]:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         answered = False
         try:
             target = await self._agent()
             if isinstance(target, Agent):
-                result: object = target.stream(message, context)
+                result: object = target.events(message, context)
             else:
                 method = _method(target)
                 assert method is not None  # checked when the target was accepted
@@ -123,6 +130,10 @@ class PythonAgent(Agent):
                         piece = await anext(pieces, _END)
                     if piece is _END:
                         break
+                    if isinstance(piece, RUN_EVENT_TYPES):
+                        answered = answered or isinstance(piece, Attachment)
+                        yield cast(RunEvent, piece)
+                        continue
                     if not isinstance(piece, str):
                         log.warning("%s yielded a %s", self.label, type(piece).__name__)
                         raise AgentError("the agent answered without text")
@@ -143,6 +154,22 @@ class PythonAgent(Agent):
             raise AgentError() from exc
         if not answered:
             raise no_answer()
+
+    async def cancel(self, context: ChatContext) -> bool:
+        """The object's own ``cancel(context)``, when it has one (else nothing to stop)."""
+        try:
+            target = await self._agent()
+            hook = getattr(target, "cancel", None)
+            if not callable(hook):
+                return False
+            done = hook(context)
+            if inspect.isawaitable(done):
+                async with asyncio.timeout(CHECK_TIMEOUT_S):
+                    done = await done
+            return bool(done)
+        except Exception:  # asking to stop must not fail the answer's ending
+            log.warning("%s: cancel failed", self.label, exc_info=True)
+            return False
 
     async def check(self) -> bool:
         try:

@@ -14,11 +14,12 @@ from typing import Any
 
 import jwt
 
-from qa_ws_cli.config import AuthenticationSettings, Settings
+from qa_ws_cli.config import MAX_TOKEN_TTL_S, AuthenticationSettings, Settings
 from qa_ws_cli.errors import AuthError, ConfigError
 from qa_ws_cli.protocol.codes import HandshakeError
 
 DEFAULT_SCOPE = "chat"
+LAST_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z: later (or negative) is not a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,23 @@ def _read_key(path: Any, what: str) -> str:
         ) from None
 
 
+def _check_times(payload: dict[str, Any]) -> None:
+    """``exp``, ``iat`` and ``nbf`` must be plain numbers between 1970 and 9999: anything else
+    (pyjwt lets 1e300 or -5 through) would break the timers that close an expiring connection."""
+    for name in ("exp", "iat", "nbf"):
+        if name not in payload:
+            continue
+        value = payload[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= LAST_TIMESTAMP  # also false for NaN
+        ):
+            raise AuthError(f"the token's '{name}' is not a valid time")
+
+
 def _claims(payload: dict[str, Any]) -> Claims:
+    _check_times(payload)
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("the token's 'sub' must be a non-empty string")
@@ -112,6 +129,14 @@ class TokenVerifier:
                     path="websocket.security.authentication.public_key_file",
                 )
             self._key = _read_key(auth.public_key_file, "public key")
+            try:
+                jwt.get_algorithm_by_name(auth.algorithm).prepare_key(self._key)
+            except (ValueError, TypeError, jwt.PyJWTError) as exc:
+                raise ConfigError(
+                    f"the public key file {auth.public_key_file} holds no usable "
+                    f"{auth.algorithm} key: {exc}",
+                    path="websocket.security.authentication.public_key_file",
+                ) from None
         required = ["sub", "exp", "iat"]
         required += [c for c, v in (("iss", self.issuer), ("aud", self.audience)) if v]
         self._options: Any = {"require": required, "verify_aud": bool(self.audience)}
@@ -127,8 +152,14 @@ class TokenVerifier:
                 leeway=self.leeway,
                 options=self._options,
             )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+            # signed correctly (pyjwt checks times after the signature): is the time absurd?
+            _check_times(jwt.decode(token, options={"verify_signature": False}))
+            raise _reason(exc) from None
         except jwt.PyJWTError as exc:
             raise _reason(exc) from None
+        except (OverflowError, ValueError, TypeError):  # e.g. "exp": 1e999 inside pyjwt
+            raise AuthError("the token's time claims are not valid times") from None
         return _claims(payload)
 
     def verify(self, token: str) -> Claims:
@@ -160,11 +191,14 @@ def issue_token(
     auth = settings.security.authentication
     if not sub:
         raise ValueError("sub must not be empty")
+    lifetime = int(auth.token_expiry if ttl_s is None else ttl_s)
+    if lifetime > MAX_TOKEN_TTL_S:  # (a negative one is allowed: tests mint expired tokens)
+        raise ValueError(f"the lifetime must be at most {MAX_TOKEN_TTL_S // 86400} days")
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": sub,
         "iat": issued,
-        "exp": issued + int(auth.token_expiry if ttl_s is None else ttl_s),
+        "exp": issued + lifetime,
         "jti": uuid.uuid4().hex,
         "scope": scope,
         **(extra or {}),

@@ -12,11 +12,12 @@ Nothing here imports Locust or gevent: it is unit-tested in the ordinary test pr
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from qa_ws_cli.bench.spec import METRICS
+from qa_ws_cli.bench.spec import METRICS, TIMED_METRICS
 
 TICKS_PER_SECOND = 4
 Chunk = dict[str, Any]
@@ -40,6 +41,7 @@ class Recorder:
         self.cpu_warning = False
         self.first_connect_error: str | None = None
         self.held_end: int | None = None
+        self.cpu_seconds: float | None = None  # this process's CPU over the test (final chunk)
         self._reset_chunk()
 
     def _reset_chunk(self) -> None:
@@ -49,6 +51,8 @@ class Recorder:
         self.counters: Counter[str] = Counter()
         self.ticks: list[tuple[int, int]] = []
         self.cpu: list[float] = []
+        # [wall-clock second, ms] of the charted metrics
+        self.timed: dict[str, list[list[float]]] = {name: [] for name in TIMED_METRICS}
 
     def restart(self) -> None:
         """A new test in the same process (the web UI's second run): forget the last one."""
@@ -57,11 +61,14 @@ class Recorder:
         self.cpu_warning = False
         self.first_connect_error = None
         self.held_end = None
+        self.cpu_seconds = None
 
     # -- from the users --------------------------------------------------------------------
 
     def ok(self, name: str, ms: float, length: int = 0) -> None:
         self.samples.setdefault(name, []).append(ms)
+        if name in self.timed:
+            self.timed[name].append([int(time.time()), round(ms, 3)])
         if self._fire is not None:
             self._fire(
                 request_type="WS",
@@ -87,6 +94,10 @@ class Recorder:
                 exception=BenchFailure(code),
                 context={},
             )
+
+    def sample(self, name: str, value: float) -> None:
+        """A per-answer figure that is not an operation (deltas per answer): no Locust event."""
+        self.samples.setdefault(name, []).append(value)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
@@ -118,6 +129,8 @@ class Recorder:
             "counters": dict(self.counters),
             "ticks": [list(t) for t in self.ticks],
             "cpu": list(self.cpu),
+            "timed": {name: rows for name, rows in self.timed.items() if rows},
+            "cpu_seconds": self.cpu_seconds if final else None,
             "peak": self.peak,
             "cpu_warning": self.cpu_warning,
             "first_connect_error": self.first_connect_error,
@@ -143,6 +156,8 @@ class Aggregator:
         self.peaks: dict[str, int] = {}
         self.held_end: dict[str, int] = {}
         self.cpu: dict[str, list[float]] = {}
+        self.cpu_seconds: dict[str, float] = {}
+        self.timed: dict[str, list[list[float]]] = {name: [] for name in TIMED_METRICS}
         self.cpu_warning = False
         self.first_connect_error: str | None = None
         self.finals: set[str] = set()
@@ -163,6 +178,10 @@ class Aggregator:
             ticks[int(key)] = int(held)
         self.peaks[node] = max(self.peaks.get(node, 0), int(chunk.get("peak", 0)))
         self.cpu.setdefault(node, []).extend(chunk.get("cpu", []))
+        for name, rows in chunk.get("timed", {}).items():
+            self.timed.setdefault(name, []).extend([float(t), float(ms)] for t, ms in rows)
+        if chunk.get("cpu_seconds") is not None:
+            self.cpu_seconds[node] = float(chunk["cpu_seconds"])
         self.cpu_warning = self.cpu_warning or bool(chunk.get("cpu_warning"))
         if self.first_connect_error is None:
             self.first_connect_error = chunk.get("first_connect_error")
@@ -188,6 +207,8 @@ class Aggregator:
             "held_peak": self.held_peak(),
             "held_end": sum(self.held_end.values()),
             "cpu": {node: windows for node, windows in sorted(self.cpu.items())},
+            "cpu_seconds": round(sum(self.cpu_seconds.values()), 3) if self.cpu_seconds else None,
+            "timed": {name: sorted(rows) for name, rows in self.timed.items()},
             "cpu_warning": self.cpu_warning,
             "first_connect_error": self.first_connect_error,
             "nodes": len(self.nodes),

@@ -1,11 +1,16 @@
 """From a run's raw measurements to figures, and from figures to PASS or FAIL.
 
 Pure functions over the load process's ``raw`` dict (see ``collect.Aggregator.raw``), so
-every rule here is unit-tested with made-up numbers. Three gates, all from raw samples:
+every rule here is unit-tested with made-up numbers. The gates, all from raw samples:
 
 * p95 latency of the scenario's main operation <= ``max_p95_ms`` (no samples: FAIL);
 * errors / operations <= ``max_error_rate`` (no operations at all: FAIL, nothing was shown);
-* connections held at one moment >= ``min_connections`` (skipped when None).
+* connections held at one moment >= ``min_connections`` (skipped when None);
+* when set: p95 time to the first delta, p99 of the main operation, answers per second;
+* reconnect: lost and duplicated answers (default 0 each).
+
+A gate that is None is not applied. ``baseline.compare`` adds regression gates of the same
+shape, so every report shows them alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ class Thresholds:
     max_p95_ms: float = 500.0
     max_error_rate: float = 0.0  # a fraction: 0.01 allows one failed operation in 100
     min_connections: int | None = None
+    max_ttft_p95_ms: float | None = None
+    max_p99_ms: float | None = None
+    min_throughput: float | None = None  # answers per second
+    max_lost: int | None = None
+    max_duplicated: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,20 @@ class BenchResult:
     complete: bool  # every load process's final report arrived
     first_connect_error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    workers: int = 0  # Locust workers of a distributed run (0: none)
+    cpu_seconds: float | None = None  # the load processes' CPU over the test
+
+    @property
+    def cpu_ms_per_answer(self) -> float | None:
+        if self.cpu_seconds is None or not self.answers:
+            return None
+        return 1000.0 * self.cpu_seconds / self.answers
+
+    @property
+    def reconnect(self) -> dict[str, int]:
+        """asked, answered, resumed, lost, duplicated (reconnect scenario)."""
+        keys = ("asked", "answered", "resumed", "not_resumed", "lost", "duplicated")
+        return {key: self.counters.get(key, 0) for key in keys}
 
     @property
     def primary_metric(self) -> str:
@@ -129,6 +153,8 @@ class BenchResult:
             complete=int(raw.get("finals", 0)) >= int(raw.get("nodes", 0)),
             first_connect_error=raw.get("first_connect_error"),
             counters=counters,
+            workers=int(raw.get("workers") or 0),
+            cpu_seconds=raw.get("cpu_seconds"),
         )
 
 
@@ -138,9 +164,10 @@ def default_min_connections(scenario: str, users: int) -> int | None:
 
 
 def evaluate(result: BenchResult, thresholds: Thresholds) -> list[GateResult]:
+    t = thresholds
     gates = [
-        _p95_gate(result, thresholds.max_p95_ms),
-        _error_gate(result, thresholds.max_error_rate),
+        _latency_gate(result, "p95 latency", result.primary_metric, "p95", t.max_p95_ms),
+        _error_gate(result, t.max_error_rate),
     ]
     if thresholds.min_connections is not None:
         passed = result.held_peak >= thresholds.min_connections
@@ -156,16 +183,65 @@ def evaluate(result: BenchResult, thresholds: Thresholds) -> list[GateResult]:
                 detail=f"{result.held_end} still held when the load stopped",
             )
         )
+    if t.max_ttft_p95_ms is not None:
+        gates.append(
+            _latency_gate(result, "time to first delta", "first_delta", "p95", t.max_ttft_p95_ms)
+        )
+    if t.max_p99_ms is not None:
+        gates.append(
+            _latency_gate(result, "p99 latency", result.primary_metric, "p99", t.max_p99_ms)
+        )
+    if t.min_throughput is not None:
+        rate = result.answers_per_second
+        gates.append(
+            GateResult(
+                name="throughput",
+                metric="throughput.answers_per_second",
+                comparison=">=",
+                threshold=t.min_throughput,
+                measured=rate,
+                unit="/s",
+                passed=rate >= t.min_throughput,
+                detail=f"{result.answers} answers in {result.load_seconds:.1f} s",
+            )
+        )
+    if result.scenario == "reconnect":
+        gates += _reconnect_gates(result, t)
     return gates
 
 
-def _p95_gate(result: BenchResult, limit: float) -> GateResult:
-    metric = result.primary_metric
+def _reconnect_gates(result: BenchResult, t: Thresholds) -> list[GateResult]:
+    figures = result.reconnect
+    detail = (
+        f"asked {figures['asked']}, answered {figures['answered']}, "
+        f"resumed {figures['resumed']} of {figures['resumed'] + figures['not_resumed']} reconnects"
+    )
+    gates = []
+    for name, limit in (("lost", t.max_lost), ("duplicated", t.max_duplicated)):
+        measured = figures[name]
+        gates.append(
+            GateResult(
+                name=f"{name} answers",
+                metric=f"reconnect.{name}",
+                comparison="<=",
+                threshold=0 if limit is None else limit,
+                measured=measured,
+                unit="answers",
+                passed=measured <= (0 if limit is None else limit) and figures["asked"] > 0,
+                detail=detail if figures["asked"] else "nothing was asked",
+            )
+        )
+    return gates
+
+
+def _latency_gate(
+    result: BenchResult, name: str, metric: str, pct: str, limit: float
+) -> GateResult:
     summary = result.latency.get(metric)
     if summary is None:
         return GateResult(
-            name="p95 latency",
-            metric=f"{metric}.p95",
+            name=name,
+            metric=f"{metric}.{pct}",
             comparison="<=",
             threshold=limit,
             measured=None,
@@ -173,16 +249,16 @@ def _p95_gate(result: BenchResult, limit: float) -> GateResult:
             passed=False,
             detail=f"no {metric} samples were recorded",
         )
+    measured = float(getattr(summary, pct))
     return GateResult(
-        name="p95 latency",
-        metric=f"{metric}.p95",
+        name=name,
+        metric=f"{metric}.{pct}",
         comparison="<=",
         threshold=limit,
-        measured=summary.p95,
+        measured=measured,
         unit="ms",
-        passed=summary.p95 <= limit,
-        detail=f"{summary.count} samples; p50 {summary.p50:.1f}, p99 {summary.p99:.1f}, "
-        f"max {summary.max:.1f} ms",
+        passed=measured <= limit,
+        detail=f"{summary.count} samples; p50 {summary.p50:.1f}, max {summary.max:.1f} ms",
     )
 
 

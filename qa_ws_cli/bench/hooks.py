@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -46,12 +47,15 @@ class BenchState:
     aggregator: Aggregator = field(default_factory=Aggregator)
     started: float | None = None  # wall clock of test_start
     stopped: float | None = None
+    cpu_at_start: float = 0.0
     sampler: gevent.Greenlet | None = None
     _subs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # this process's part of every sub: unique across processes and machines
+    _tag: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def next_sub(self) -> str:
         """A ``sub`` no other virtual user has, in this process or another one."""
-        return f"bench-{self.options.run_id}-{os.getpid():x}-{next(self._subs)}"
+        return f"bench-{self.options.run_id}-{self._tag}-{next(self._subs)}"
 
     @property
     def load_seconds(self) -> float:
@@ -82,6 +86,7 @@ def install(environment: Environment, options: LoadOptions, tokens: TokenSource)
         state.started, state.stopped = time.time(), None
         state.aggregator.reset()
         state.recorder.restart()
+        state.cpu_at_start = time.process_time()
         if not is_master and (state.sampler is None or state.sampler.dead):
             state.sampler = gevent.spawn(_sample, state.recorder)
 
@@ -94,6 +99,7 @@ def install(environment: Environment, options: LoadOptions, tokens: TokenSource)
             return
         if state.sampler is not None:
             state.sampler.kill(block=False)
+        state.recorder.cpu_seconds = round(time.process_time() - state.cpu_at_start, 3)
         final = state.recorder.drain(final=True)
         if is_worker:
             runner.send_message(FINAL_MESSAGE, final)

@@ -1,7 +1,8 @@
 """The parent's side of a run: a local server to aim at, a preflight, the load process.
 
 Everything here runs in the CLI process, so it uses only blocking sockets, ``subprocess``
-and websocket-client (which imports no gevent); Locust lives in the child it starts.
+and websockets' threading client (plain threads here: no gevent in this process); Locust
+lives in the child it starts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import websocket
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import connect as ws_connect
 
 from qa_ws_cli.bench.spec import PROGRESS_PREFIX, BenchSpec
 
@@ -67,6 +69,7 @@ def served_env(scenario: str, secret: str, workdir: Path) -> dict[str, str]:
         "WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE": "1000000",
         "WEBSOCKET_SECURITY__RATE_LIMITING__BURST": burst,
         "WEBSOCKET_SERVER__MAX_CONNECTIONS": "100000",
+        "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP": "100000",  # every user is on loopback
         "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER": "100",
         "WEBSOCKET_LIMITS__MAX_INFLIGHT_PER_CONNECTION": "64",
         "WEBSOCKET_AGENT__MAX_CONCURRENCY": "10000",
@@ -87,10 +90,13 @@ class LocalServer:
         agent: str = "echo",
         demo_latency_ms: float | None = None,
         config_file: str | None = None,
+        secret: str | None = None,
+        store_url: str | None = None,
+        name: str = "server",
     ) -> None:
         self.workdir = workdir
-        self.secret = secrets.token_urlsafe(48)
-        self.log_path = workdir / "server.log"
+        self.secret = secret or secrets.token_urlsafe(48)
+        self.log_path = workdir / f"{name}.log"
         self.cmd = [
             sys.executable,
             "-m",
@@ -112,6 +118,8 @@ class LocalServer:
         # the server's settings are this run's alone: none of the caller's WEBSOCKET_* leak in
         inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("WEBSOCKET_")}
         self.env = {**inherited, **served_env(scenario, self.secret, workdir)}
+        if store_url:
+            self.env["WEBSOCKET_STORE__URL"] = store_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -171,31 +179,38 @@ def preflight(url: str, token: str | None, timeout: float = 5.0) -> None:
     """One real connection before hundreds: an unreachable server or a refused token is a
     setup problem (exit 2), better said in one line now than as N identical errors later."""
     reachable(url, timeout)
-    headers = [f"Authorization: Bearer {token}"] if token else []
     try:
-        ws = websocket.create_connection(url, header=headers, timeout=timeout, suppress_origin=True)
-    except websocket.WebSocketBadStatusException as exc:
+        ws = ws_connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"} if token else None,
+            open_timeout=timeout,
+            close_timeout=1.0,
+            ping_interval=None,
+            compression=None,
+            proxy=None,
+        )
+    except InvalidStatus as exc:
         raise LaunchError(f"the server refused the connection: {_refusal_text(exc)}") from None
-    except (OSError, websocket.WebSocketException) as exc:
+    except (OSError, WebSocketException) as exc:
         raise LaunchError(f"WebSocket handshake with {url} failed: {exc}") from None
-    try:
-        first = json.loads(ws.recv())
-    except (OSError, ValueError, websocket.WebSocketException) as exc:
-        raise LaunchError(
-            f"{url} accepted the connection but sent no `connected` event: {exc}"
-        ) from None
-    finally:
-        ws.close(timeout=1.0)
-    if first.get("event") != "connected":
+    with ws:
+        try:
+            first = json.loads(ws.recv(timeout=timeout))
+        except (OSError, ValueError, WebSocketException) as exc:
+            raise LaunchError(
+                f"{url} accepted the connection but sent no `connected` event: {exc}"
+            ) from None
+    if not isinstance(first, dict) or first.get("event") != "connected":
         raise LaunchError(f"{url} is not a qa-ws gateway: its first frame was {first!r:.120}")
 
 
-def _refusal_text(exc: websocket.WebSocketBadStatusException) -> str:
+def _refusal_text(exc: InvalidStatus) -> str:
+    status = exc.response.status_code
     try:
-        body = json.loads(exc.resp_body or b"{}")
-        return f"HTTP {exc.status_code} {body.get('error')}: {body.get('detail')}"
+        body = json.loads(exc.response.body or b"{}")
+        return f"HTTP {status} {body.get('error')}: {body.get('detail')}"
     except (ValueError, AttributeError):
-        return f"HTTP {exc.status_code}"
+        return f"HTTP {status}"
 
 
 @dataclass
@@ -239,7 +254,10 @@ def run_load_process(
             env={**env, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
-    killer = threading.Timer(spec.duration_s + grace_s, _kill_group, (proc, signal.SIGKILL))
+    wait = spec.workers_wait_s if spec.expect_workers else 0.0
+    killer = threading.Timer(
+        spec.total_seconds + wait + grace_s, _kill_group, (proc, signal.SIGKILL)
+    )
     killer.start()
     try:
         assert proc.stdout is not None
@@ -262,3 +280,38 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """The load child leads its own process group, with its workers in it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
+
+
+def run_worker_process(
+    master_host: str,
+    port: int,
+    env: dict[str, str],
+    *,
+    config: Path | None = None,
+    allow_remote: bool = False,
+) -> int:
+    """A Locust worker in the foreground (its messages on our stderr) until the master quits."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "qa_ws_cli.bench.runner",
+        "worker",
+        "--remote",
+        "--master-host",
+        master_host,
+        "--master-port",
+        str(port),
+    ]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if allow_remote:
+        cmd.append("--allow-remote")
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        cmd, stdin=subprocess.DEVNULL, env={**env, "PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        raise

@@ -1,9 +1,10 @@
 """What a run leaves behind: a rich table, and JSON, CSV and JUnit files for machines.
 
-The JSON schema (``"schema": "qa-ws-bench/1"``) is the contract for dashboards and scripts;
-the JUnit file has one test case per gate so CI systems show each gate as a test. Locust's
-own HTML report and CSV tables are written by the load process (it holds Locust's stats);
-the files here are computed from raw samples, as the gates are.
+The JSON schema (``"schema": "qa-ws-bench/2"``) is the contract for dashboards, scripts and
+``--baseline``; the JUnit file has one test case per gate so CI systems show each gate as a
+test. Locust's own HTML report and CSV tables are written by the load process (it holds
+Locust's stats); the files here are computed from raw samples, as the gates are. The HTML
+report (``htmlreport``) puts a verdict and charts in front of Locust's.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
+from qa_ws_cli.bench.baseline import SCHEMA
 from qa_ws_cli.bench.gates import BenchResult, GateResult, all_passed
+from qa_ws_cli.bench.samples import LatencySummary
+from qa_ws_cli.bench.spec import COUNT_METRICS
 
-SCHEMA = "qa-ws-bench/1"
 _LATENCY_COLUMNS = ("count", "min", "mean", "p50", "p95", "p99", "max")
+
+
+def _summary(s: LatencySummary | None) -> dict[str, float | int] | None:
+    return None if s is None else s.as_dict()
 
 
 def build_report(
@@ -32,7 +39,14 @@ def build_report(
         "schema": SCHEMA,
         "passed": all_passed(gates),
         "run": dict(run),
-        "latency_ms": {name: s.as_dict() for name, s in result.latency.items()},
+        "latency_ms": {
+            name: s.as_dict() for name, s in result.latency.items() if name not in COUNT_METRICS
+        },
+        "streaming": {
+            "first_delta_ms": _summary(result.latency.get("first_delta")),
+            "answer_ms": _summary(result.latency.get("chat")),
+            "deltas_per_answer": _summary(result.latency.get("deltas")),
+        },
         "connections": {
             "target": run.get("users"),
             "peak": result.held_peak,
@@ -56,8 +70,12 @@ def build_report(
                 code: result.error_details.get(code, "") for code in result.errors_by_code
             },
         },
+        "reconnect": result.reconnect if result.scenario == "reconnect" else None,
         "generator": {
             "processes": result.processes,
+            "workers": result.workers,
+            "cpu_seconds": result.cpu_seconds,
+            "cpu_ms_per_answer": _round(result.cpu_ms_per_answer, 3),
             "cpu_percent_mean": _round(result.cpu_mean),
             "cpu_percent_peak": _round(result.cpu_peak),
             "cpu_saturated": result.cpu_saturated,
@@ -67,8 +85,8 @@ def build_report(
     }
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def write_json(path: Path, report: Mapping[str, Any]) -> None:
@@ -173,6 +191,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "ratio":
         return f"{value * 100:.2f} %"
+    if unit == "/s":
+        return f"{value:.1f}/s"
     return f"{value:g}"
 
 
@@ -192,10 +212,17 @@ def render_console(
     for column in ("count", "p50", "p95", "p99", "max"):
         figures.add_column(column, justify="right")
     for name, s in result.latency.items():
+        label = "deltas per answer" if name == "deltas" else name
         figures.add_row(
-            name, str(s.count), f"{s.p50:.1f}", f"{s.p95:.1f}", f"{s.p99:.1f}", f"{s.max:.1f}"
+            label, str(s.count), f"{s.p50:.1f}", f"{s.p95:.1f}", f"{s.p99:.1f}", f"{s.max:.1f}"
         )
     console.print(figures)
+    if result.scenario == "reconnect":
+        r = result.reconnect
+        console.print(
+            f"reconnect: asked {r['asked']}, answered {r['answered']}, resumed {r['resumed']} "
+            f"(not resumed {r['not_resumed']}), lost {r['lost']}, duplicated {r['duplicated']}"
+        )
     of_target = f" of {target_users}" if target_users else ""
     console.print(
         f"connections: peak {result.held_peak}{of_target}, at end {result.held_end}; "
@@ -216,7 +243,11 @@ def render_console(
         else f"mean {result.cpu_mean:.0f} %, peak {result.cpu_peak:.0f} %"
     )
     procs = f"{result.processes} process" + ("es" if result.processes > 1 else "")
-    console.print(f"load generator: {procs}, CPU {cpu}")
+    if result.workers:
+        procs = f"{result.workers} Locust workers"
+    per_answer = result.cpu_ms_per_answer
+    cost = f", {per_answer:.2f} ms CPU per answer" if per_answer is not None else ""
+    console.print(f"load generator: {procs}, CPU {cpu}{cost}")
     if result.cpu_saturated:
         console.print(
             "[bold yellow]warning[/]: the load generator saturated its CPU; latencies "

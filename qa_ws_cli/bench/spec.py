@@ -10,27 +10,73 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-Scenario = Literal["chat", "idle", "burst", "churn"]
+Scenario = Literal["chat", "idle", "burst", "churn", "reconnect"]
 SCENARIOS: tuple[Scenario, ...] = get_args(Scenario)
 
 # the latency the p95 gate looks at, per scenario
-PRIMARY_METRIC: dict[str, str] = {"chat": "chat", "churn": "chat", "idle": "ping", "burst": "burst"}
+PRIMARY_METRIC: dict[str, str] = {
+    "chat": "chat",
+    "churn": "chat",
+    "idle": "ping",
+    "burst": "burst",
+    "reconnect": "chat",
+}
 # metrics that are operations (they count as requests for the error rate); first_delta is a
 # point inside a chat, not an operation of its own
 OPERATIONS = ("connect", "chat", "ping", "burst")
-METRICS = ("chat", "first_delta", "connect", "ping", "burst")
+LATENCY_METRICS = ("chat", "first_delta", "connect", "ping", "burst")
+# per-answer figures that are not latencies (no Locust request event, no unit ms)
+COUNT_METRICS = ("deltas",)
+METRICS = LATENCY_METRICS + COUNT_METRICS
+# metrics whose samples also carry their wall-clock second, for the report's charts
+TIMED_METRICS = ("chat", "first_delta")
 # mean pause between a user's actions; each wait is drawn from [0.5, 1.5] x this
-DEFAULT_THINK_S: dict[str, float] = {"chat": 1.0, "idle": 5.0, "burst": 2.0, "churn": 0.5}
+DEFAULT_THINK_S: dict[str, float] = {
+    "chat": 1.0,
+    "idle": 5.0,
+    "burst": 2.0,
+    "churn": 0.5,
+    "reconnect": 1.0,
+}
 DEFAULT_MESSAGE = "how do I test a login form?"
 MAX_DURATION_S = 24 * 3600.0
 MAX_PROCESSES = 64
 TOKEN_ENV = "QA_WS_TOKEN"  # noqa: S105 - the variable's name, not a token
 PROGRESS_PREFIX = "PROGRESS "  # the load process's progress lines on its stdout
+
+
+Stage = tuple[float, int]  # (seconds, target users at its end)
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    """``"30s:50,1m:150,30s:0"`` -> ((30.0, 50), (60.0, 150), (30.0, 0)), or ValueError.
+
+    k6's ``stages``: each stage ramps linearly from the previous target (0 at the start) to
+    its own over its duration.
+    """
+    from qa_ws_cli.config import parse_duration
+
+    stages: list[Stage] = []
+    for part in (p.strip() for p in text.split(",")):
+        duration, sep, target = part.partition(":")
+        if not sep or not target.strip().isdigit():
+            raise ValueError(f"a stage is DURATION:USERS, like 30s:50 (got {part!r})")
+        seconds = parse_duration(duration)
+        if seconds <= 0:
+            raise ValueError(f"a stage must last more than 0 s (got {part!r})")
+        stages.append((seconds, int(target)))
+    if not any(users for _, users in stages):
+        raise ValueError("at least one stage must have users")
+    return tuple(stages)
+
+
+def format_stages(stages: Sequence[Sequence[float]]) -> str:
+    return ",".join(f"{seconds:g}s:{int(users)}" for seconds, users in stages)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -74,6 +120,8 @@ class LoadOptions:
     run_id: str = "run"
     # users stop on their own after this many seconds (a second fence behind the runner's stop)
     max_user_seconds: float = 24 * 3600.0
+    # every instance users may reach (reconnect users alternate); empty: Locust's host
+    targets: tuple[str, ...] = ()
 
     def think(self, scenario: str) -> float:
         return DEFAULT_THINK_S[scenario] if self.think_time_s is None else self.think_time_s
@@ -117,8 +165,29 @@ class BenchSpec:
     load: LoadOptions = field(default_factory=LoadOptions)
     config_file: str | None = None  # the child loads the same Settings (issuer, audience, key)
     mint_tokens: bool = True  # False: every user presents QA_WS_TOKEN (or none)
-    html: str | None = None
+    html: str | None = None  # Locust's own HTML report
     csv_prefix: str | None = None
+    # [[seconds, target users], ...]: a LoadTestShape instead of users / spawn rate / duration
+    stages: list[list[float]] | None = None
+    # every instance users may reach; reconnect users alternate between them (url is the first)
+    urls: list[str] = field(default_factory=list)
+    # Locust's distributed mode: a master that waits for this many workers started elsewhere
+    expect_workers: int = 0
+    master_bind_host: str = "127.0.0.1"
+    master_port: int = 5557
+    workers_wait_s: float = 60.0
+
+    @property
+    def peak_users(self) -> int:
+        return max(int(u) for _, u in self.stages) if self.stages else self.users
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s for s, _ in self.stages) if self.stages else self.duration_s
+
+    @property
+    def targets(self) -> list[str]:
+        return self.urls or [self.url]
 
     def problems(self) -> list[str]:
         """What is wrong with these options, each naming its ``qa-ws bench`` flag."""
@@ -127,7 +196,7 @@ class BenchSpec:
             (self.users < 1, "--users must be at least 1"),
             (self.spawn_rate <= 0, "--spawn-rate must be positive"),
             (
-                not 0 < self.duration_s <= MAX_DURATION_S,
+                not 0 < self.total_seconds <= MAX_DURATION_S,
                 "--duration must be more than 0 and at most 24h",
             ),
             (self.scenario not in SCENARIOS, f"--scenario must be one of {', '.join(SCENARIOS)}"),
@@ -135,7 +204,12 @@ class BenchSpec:
                 not 1 <= self.processes <= MAX_PROCESSES,
                 f"--processes must be between 1 and {MAX_PROCESSES}",
             ),
-            (self.processes > self.users, "--processes must not exceed --users"),
+            (self.processes > self.peak_users, "--processes must not exceed --users"),
+            (
+                not 0 <= self.expect_workers <= 1000,
+                "--expect-workers must be between 1 and 1000",
+            ),
+            (not 0 < self.master_port < 65536, "--master-port must be between 1 and 65535"),
             (
                 load.think_time_s is not None and load.think_time_s < 0,
                 "--think-time must not be negative",
@@ -153,5 +227,7 @@ class BenchSpec:
     def from_json(cls, text: str) -> BenchSpec:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
-        load = LoadOptions(**data.pop("load", {}))
+        load_data = data.pop("load", {})
+        load_data["targets"] = tuple(load_data.get("targets", ()))
+        load = LoadOptions(**load_data)
         return cls(load=load, **{k: v for k, v in data.items() if k in known})

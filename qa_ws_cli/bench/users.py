@@ -1,4 +1,9 @@
-"""Locust users that speak wire protocol v1 over websocket-client (gevent makes it cooperative).
+"""Locust users that speak wire protocol v1 over websockets' threading client.
+
+``websockets.sync.client`` runs one reader thread per connection; in a load process gevent's
+monkey-patching (done when Locust is imported) turns those threads, locks and selectors into
+greenlets, so thousands of connections share one OS thread cooperatively. Its ``close`` lets
+Locust's ``GreenletExit`` through (no bare ``except``), so a stop never waits for a user.
 
 ``QaWsUser`` holds one connection and knows the protocol: connect (until the ``connected``
 event), send a frame, read frames until one answers a given id, close. Each scenario is a
@@ -9,30 +14,34 @@ Error codes: the protocol's own (``agent_busy``, ``rate_limited`` where not expe
 the handshake refusal's ``error`` (``invalid_token``, ``too_many_connections`` ...) or
 ``http_<status>``, the transport's: ``connect_refused``, ``connect_timeout``,
 ``connect_failed``, ``answer_timeout``, ``connection_lost``, ``closed_<close code>``,
-``too_many_frames``, and the scenarios': ``not_rate_limited`` (a burst got through whole).
+``too_many_frames``, and the scenarios': ``not_rate_limited`` (a burst got through whole),
+``lost`` (reconnect: an asked id never answered).
 
 Imports Locust (and so gevent's monkey-patching): load processes only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-import struct
+import socket
 import time
 from typing import Any, ClassVar
 
-import websocket
 from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
 from qa_ws_cli.bench.hooks import BenchState, state_of
 
-_CLOSE = websocket.ABNF.OPCODE_CLOSE
-_TEXT = websocket.ABNF.OPCODE_TEXT
 # every wait is bounded by a deadline, and by a count of frames in case a server floods
 MAX_FRAMES_PER_WAIT = 100_000
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+CLOSE_TIMEOUT_S = 1.0
 
 
 class Lost(Exception):
@@ -48,15 +57,30 @@ def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
 
 
-def _refusal(exc: websocket.WebSocketBadStatusException) -> tuple[str, str]:
+def refusal(exc: InvalidStatus) -> tuple[str, str]:
     """The handshake refusal's ``error`` code and ``detail`` (docs/protocol.md), else the status."""
-    code, detail = f"http_{exc.status_code}", ""
+    code, detail = f"http_{exc.response.status_code}", ""
     try:
-        body = json.loads(exc.resp_body or b"{}")
+        body = json.loads(exc.response.body or b"{}")
         code, detail = str(body.get("error") or code), str(body.get("detail") or "")
     except (ValueError, AttributeError):
         pass
     return code, detail
+
+
+def open_connection(url: str, token: str | None, timeout: float) -> ClientConnection:
+    """One WebSocket connection as every bench client opens it (the preflight too)."""
+    return ws_connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"} if token else None,
+        open_timeout=timeout,
+        close_timeout=CLOSE_TIMEOUT_S,
+        ping_interval=None,  # the server sends heartbeats; the reader thread answers them
+        compression=None,
+        max_size=MAX_FRAME_BYTES,
+        proxy=None,  # loopback targets: no HTTP(S)_PROXY from the environment
+        user_agent_header="qa-ws-bench",
+    )
 
 
 class QaWsUser(User):
@@ -72,7 +96,7 @@ class QaWsUser(User):
         self.options = self.bench.options
         self.sub = self.bench.next_sub()
         self.token = self.bench.tokens.for_user(self.sub)
-        self.ws: websocket.WebSocket | None = None
+        self.ws: ClientConnection | None = None
         self.ids = 0
         self.stop_at = time.monotonic() + self.options.max_user_seconds
 
@@ -96,34 +120,27 @@ class QaWsUser(User):
 
     # -- connection ------------------------------------------------------------------------
 
-    def connect(self) -> bool:
-        """Open the connection; True when the ``connected`` event arrived."""
+    def connect(self, url: str | None = None) -> dict[str, Any] | None:
+        """Open the connection; the ``connected`` event, or None (the failure is recorded)."""
         self.check_time()
         started = time.perf_counter()
-        headers = [f"Authorization: Bearer {self.token}"] if self.token else []
+        target = url or self.host or ""
         try:
-            ws = websocket.create_connection(
-                self.host or "",
-                header=headers,
-                timeout=self.options.connect_timeout_s,
-                suppress_origin=True,
-                skip_utf8_validation=True,
-                enable_multithread=False,
-            )
-        except websocket.WebSocketBadStatusException as exc:
-            code, detail = _refusal(exc)
+            ws = open_connection(target, self.token, self.options.connect_timeout_s)
+        except InvalidStatus as exc:
+            code, detail = refusal(exc)
             self.rec.fail("connect", code, _ms(started), detail)
-            return False
+            return None
         except ConnectionRefusedError:
-            detail = f"nothing listens at {self.host}"
+            detail = f"nothing listens at {target}"
             self.rec.fail("connect", "connect_refused", _ms(started), detail)
-            return False
-        except (TimeoutError, websocket.WebSocketTimeoutException):
+            return None
+        except TimeoutError:
             self.rec.fail("connect", "connect_timeout", _ms(started))
-            return False
-        except (OSError, websocket.WebSocketException) as exc:
+            return None
+        except (OSError, WebSocketException) as exc:
             self.rec.fail("connect", "connect_failed", _ms(started), repr(exc)[:200])
-            return False
+            return None
         self.ws = ws
         self.rec.connected()
         deadline = started + self.options.connect_timeout_s
@@ -133,44 +150,33 @@ class QaWsUser(User):
             self.drop()
             code = "connect_timeout" if lost.code == "answer_timeout" else lost.code
             self.rec.fail("connect", code, _ms(started), lost.detail)
-            return False
+            return None
         if event.get("type") != "system_event" or event.get("event") != "connected":
             self.drop()
             detail = "the first frame was not `connected`"
             self.rec.fail("connect", "connect_failed", _ms(started), detail)
-            return False
+            return None
         self.rec.ok("connect", _ms(started))
-        return True
+        return event
 
     def ensure_connected(self) -> bool:
-        return self.ws is not None or self.connect()
+        return self.ws is not None or self.connect() is not None
 
     def drop(self) -> None:
-        """Forget a broken connection without a closing handshake."""
+        """Cut the TCP connection without a closing handshake (the reader thread then ends)."""
         if self.ws is not None:
             ws, self.ws = self.ws, None
             self.rec.disconnected()
-            ws.shutdown()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(OSError):
+                ws.socket.shutdown(socket.SHUT_RDWR)
 
     def disconnect(self) -> None:
-        """Close normally (1000) and wait briefly for the server's close frame.
-
-        Not ``WebSocket.close``: its bare ``except:`` swallows the GreenletExit with which
-        Locust stops a user, and the stop then waits for that user forever.
-        """
+        """Close normally (1000), waiting at most ``CLOSE_TIMEOUT_S`` for the server's close."""
         if self.ws is not None:
             ws, self.ws = self.ws, None
             self.rec.disconnected()
-            try:
-                ws.send_close(websocket.STATUS_NORMAL)
-                ws.settimeout(1.0)
-                for _ in range(MAX_FRAMES_PER_WAIT):  # answers still in flight come first
-                    if ws.recv_data(control_frame=True)[0] == _CLOSE:
-                        break
-            except (OSError, websocket.WebSocketException):
-                pass
-            finally:
-                ws.shutdown()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(OSError, WebSocketException):
+                ws.close()
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class QaWsUser(User):
         assert self.ws is not None
         try:
             self.ws.send(json.dumps(payload, separators=(",", ":")))
-        except (OSError, websocket.WebSocketException) as exc:
+        except (OSError, WebSocketException) as exc:
             raise Lost("connection_lost", repr(exc)[:200]) from None
         self.rec.count("sent")
 
@@ -190,19 +196,19 @@ class QaWsUser(User):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise Lost("answer_timeout")
-            ws.settimeout(remaining)
             try:
-                opcode, data = ws.recv_data()
-            except (TimeoutError, websocket.WebSocketTimeoutException):
+                data = ws.recv(timeout=remaining)
+            except TimeoutError:
                 raise Lost("answer_timeout") from None
-            except (OSError, websocket.WebSocketException) as exc:
+            except ConnectionClosed as exc:
+                if exc.rcvd is None:
+                    raise Lost("connection_lost", str(exc)[:200]) from None
+                raise Lost(f"closed_{exc.rcvd.code}", exc.rcvd.reason) from None
+            except (OSError, WebSocketException) as exc:
                 raise Lost("connection_lost", repr(exc)[:200]) from None
-            if opcode == _TEXT:
+            if isinstance(data, str):
                 event: dict[str, Any] = json.loads(data)
                 return event
-            if opcode == _CLOSE:
-                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
-                raise Lost(f"closed_{code}", data[2:].decode("utf-8", "replace"))
         raise Lost("too_many_frames", f"{MAX_FRAMES_PER_WAIT} frames without a text frame")
 
     def unrelated(self, event: dict[str, Any]) -> None:
@@ -217,18 +223,19 @@ class QaWsUser(User):
         try:
             self.send({"type": "chat_message", "id": mid, "content": content})
             deadline = started + self.options.answer_timeout_s
-            streaming = False
+            deltas = 0
             for _ in range(MAX_FRAMES_PER_WAIT):
                 event = self.next_event(deadline)
                 kind = event.get("type")
                 if event.get("reply_to") != mid:
                     self.unrelated(event)
                 elif kind == "agent_delta":
-                    if not streaming:
-                        streaming = True
+                    deltas += 1
+                    if deltas == 1:
                         self.rec.ok("first_delta", _ms(started))
                 elif kind == "agent_response":
                     self.rec.ok("chat", _ms(started), len(event.get("content", "")))
+                    self.rec.sample("deltas", deltas)
                     self.rec.count("answered")
                     return
                 elif kind == "error":
@@ -378,11 +385,3 @@ class ChurnUser(QaWsUser):
         if self.connect():
             self.ask(self.options.message)
             self.disconnect()
-
-
-SCENARIO_USERS: dict[str, type[QaWsUser]] = {
-    "chat": ChatUser,
-    "idle": IdleUser,
-    "burst": BurstUser,
-    "churn": ChurnUser,
-}

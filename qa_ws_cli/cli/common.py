@@ -10,9 +10,12 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qa_ws_cli.auth.tokens import issue_token
-from qa_ws_cli.client.connection import ClientOptions
+from qa_ws_cli.client.handshake import ClientOptions, check_url
+from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
+from qa_ws_cli.client.plain import explain
 from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
 from qa_ws_cli.errors import (
     ClientTimeout,
@@ -49,6 +52,7 @@ CarrierOption = Annotated[
 
 # exit codes shared by the client commands (documented in the README)
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # a bad option value, as click's own usage errors
 EXIT_REFUSED = 3
 EXIT_LOST = 4
 EXIT_SERVER_ERROR = 5
@@ -61,7 +65,7 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     raise typer.Exit(code)
 
 
@@ -130,7 +134,11 @@ def client_options(
 ) -> ClientOptions:
     """Options for the client commands; with ``--sub`` it mints a fresh token per reconnect."""
     if carrier not in ("header", "subprotocol", "query"):
-        fail("--carrier must be header, subprotocol or query")
+        fail("--carrier must be header, subprotocol or query", EXIT_USAGE)
+    url = url or default_url(settings)
+    problem = check_url(url)
+    if problem:
+        fail(f"--url {problem}", EXIT_USAGE)
     signer: Callable[[], str] | None = None
     if sub and not token:
         signing, user = signing_settings(settings), sub
@@ -140,7 +148,7 @@ def client_options(
 
         signer = mint
     return ClientOptions(
-        url=url or default_url(settings),
+        url=url,
         token=resolve_token(settings, token, sub),
         carrier=carrier,  # type: ignore[arg-type]  # checked above
         token_factory=signer,
@@ -149,6 +157,8 @@ def client_options(
 
 
 def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, OutputClosed):
+        return EXIT_PIPE
     if isinstance(exc, HandshakeRefused):
         return EXIT_REFUSED
     if isinstance(exc, ConnectionLost):
@@ -162,11 +172,17 @@ def exit_code_for(exc: BaseException) -> int:
 
 @contextmanager
 def failures() -> Iterator[None]:
-    """Turn the error tree into one line on stderr and an exit code; never a traceback."""
+    """Turn the error tree into one line on stderr and an exit code; never a traceback.
+
+    A closed stdout (``| head``) ends the command quietly with the shell's status for it.
+    """
     try:
         yield
+    except OutputClosed:
+        silence_stdout()
+        raise typer.Exit(EXIT_PIPE) from None
     except QaWsError as exc:
-        fail(exc.message, exit_code_for(exc))
+        fail(explain(exc), exit_code_for(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None

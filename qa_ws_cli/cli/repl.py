@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli.cli.common import (
-    EXIT_REFUSED,
+    EXIT_USAGE,
     CarrierOption,
     ConfigOption,
     TokenOption,
@@ -23,7 +23,6 @@ from qa_ws_cli.cli.common import (
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.client.plain import run_plain, stdin_lines
-from qa_ws_cli.errors import HandshakeRefused
 
 
 def command(
@@ -75,13 +74,13 @@ def command(
       qa-ws repl --url ws://127.0.0.1:8765/ws --token "$TOKEN"
       printf 'how do I test a login form?\\n/ping\\n' | qa-ws repl --token "$TOKEN"
 
-    Exit codes: 1 usage or config, 3 handshake refused, 4 connection lost for good,
-    5 an answer was an error event, 6 timeout.
+    Exit codes: 1 config, 2 usage, 3 handshake refused, 4 connection lost for good,
+    5 an answer was an error event, 6 timeout, 141 stdout closed by its reader.
     """
     if timeout <= 0:
-        fail("--timeout must be positive")
+        fail("--timeout must be positive", EXIT_USAGE)
     if max_reconnects < 0:
-        fail("--max-reconnects must not be negative")
+        fail("--max-reconnects must not be negative", EXIT_USAGE)
     settings = settings_from(config).settings
     options = client_options(
         settings,
@@ -95,19 +94,13 @@ def command(
         connect_timeout=10.0,
     )
     interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()
-    with failures():
-        try:
-            if interactive:
-                from qa_ws_cli.client.repl import Repl  # prompt_toolkit only when it is used
+    with failures():  # a refused token gets the CLI's hint there
+        if interactive:
+            from qa_ws_cli.client.repl import Repl  # prompt_toolkit only when it is used
 
-                code = asyncio.run(
-                    Repl(QaWsClient(options), history=history, as_json=as_json).run()
-                )
-            else:
-                code = asyncio.run(_plain(options, as_json, timeout))
-        except HandshakeRefused as exc:
-            hint = " (pass --token or --sub)" if exc.error == "missing_token" else ""
-            fail(exc.message + hint, EXIT_REFUSED)
+            code = asyncio.run(Repl(QaWsClient(options), history=history, as_json=as_json).run())
+        else:
+            code = asyncio.run(_plain(options, as_json, timeout))
     raise typer.Exit(code)
 
 

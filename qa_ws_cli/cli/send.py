@@ -9,18 +9,18 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli.cli.common import (
+    EXIT_USAGE,
     CarrierOption,
     ConfigOption,
     TokenOption,
     UrlOption,
     client_options,
-    err_console,
-    exit_code_for,
     fail,
+    failures,
     settings_from,
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
-from qa_ws_cli.errors import QaWsError
+from qa_ws_cli.client.output import Output, unless_closed
 
 
 def command(
@@ -51,17 +51,18 @@ def command(
       qa-ws send "how do I test a login form?" --url ws://127.0.0.1:8765/ws --token "$TOKEN"
       cat questions.txt | qa-ws send - --token "$TOKEN"
 
-    Exit codes: 1 usage or config, 3 handshake refused, 4 connection lost, 5 error event, 6 timeout.
+    Exit codes: 1 config, 2 usage, 3 handshake refused, 4 connection lost, 5 error event,
+    6 timeout, 141 stdout closed by its reader (as `| head`).
     """
     if timeout <= 0:
-        fail("--timeout must be positive")
+        fail("--timeout must be positive", EXIT_USAGE)
     settings = settings_from(config).settings
     if message == "-":
         messages = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
     else:
         messages = [message]
     if not messages or not all(m.strip() for m in messages):
-        fail("nothing to send: the message is empty")
+        fail("nothing to send: the message is empty", EXIT_USAGE)
     options = client_options(
         settings,
         url=url,
@@ -72,37 +73,38 @@ def command(
         reconnect=reconnect,
         connect_timeout=min(timeout, 15.0),
     )
-    try:
+    with failures():
         asyncio.run(_send_all(options, messages, as_json, timeout))
-    except QaWsError as exc:
-        err_console.print(f"error: {exc.message}", markup=False)
-        raise typer.Exit(exit_code_for(exc)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 async def _send_all(
     options: ClientOptions, messages: list[str], as_json: bool, timeout: float
 ) -> None:
     client = QaWsClient(options)
-    out = sys.stdout
+    out = Output(sys.stdout)
     if as_json:
-        client.on_event = lambda event: print(event.model_dump_json(exclude_none=True), flush=True)
+        client.on_event = lambda event: out.write(event.model_dump_json(exclude_none=True) + "\n")
+    out.watch()
     try:
-        await client.connect()
-        for text in messages:
-            streamed = False
-
-            def on_delta(piece: str) -> None:
-                nonlocal streamed
-                streamed = True
-                if not as_json:
-                    out.write(piece)
-                    out.flush()
-
-            answer = await client.ask(text, timeout=timeout, on_delta=on_delta)
-            if not as_json:
-                out.write(("" if streamed else answer.content) + "\n")
-                out.flush()
+        await unless_closed(out, _ask_each(client, out, messages, as_json, timeout))
     finally:
+        out.unwatch()
         await client.close()
+
+
+async def _ask_each(
+    client: QaWsClient, out: Output, messages: list[str], as_json: bool, timeout: float
+) -> None:
+    await client.connect()
+    for text in messages:
+        streamed = False
+
+        def on_delta(piece: str) -> None:
+            nonlocal streamed
+            streamed = True
+            if not as_json:
+                out.write(piece)
+
+        answer = await client.ask(text, timeout=timeout, on_delta=on_delta)
+        if not as_json:
+            out.write(("" if streamed else answer.content) + "\n")

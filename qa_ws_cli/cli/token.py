@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from redis.exceptions import RedisError
 
-from qa_ws_cli.auth.revocation import RevocationList
+from qa_ws_cli.auth.revocation import RevocationList, Revocations
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
 from qa_ws_cli.cli.common import (
     SIGNING_HINT,
@@ -22,8 +24,15 @@ from qa_ws_cli.cli.common import (
     settings_from,
 )
 from qa_ws_cli.cli.help import Command, Group
-from qa_ws_cli.config import parse_duration
+from qa_ws_cli.config import (
+    MAX_TOKEN_TTL_S,
+    Settings,
+    parse_duration,
+    redact_url,
+    store_scheme_problem,
+)
 from qa_ws_cli.errors import QaWsError
+from qa_ws_cli.server.redis_revocations import RedisRevocations
 
 app = typer.Typer(
     help="""Mint, check and revoke JSON Web Tokens.
@@ -72,6 +81,8 @@ def issue(
         fail(str(exc))
     if ttl_s <= 0:
         fail("--ttl must be positive")
+    if ttl_s > MAX_TOKEN_TTL_S:
+        fail(f"--ttl must be at most {MAX_TOKEN_TTL_S // 86400}d (a year and a day)")
     loaded = settings_from(config, dev_secret=True)
     settings = loaded.settings
     source = loaded.source("security.secret_key")
@@ -98,9 +109,13 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
     auth = settings.security.authentication
     with failures():
         claims = TokenVerifier(auth, settings.secret()).verify(token)
-        revoked = RevocationList(auth.revocation_file).is_revoked(claims.jti)
+        revocations, where = _revocations(settings, settings.store.url)
+        try:
+            revoked = revocations.is_revoked(claims.jti, claims.sub, claims.iat)
+        except RedisError as exc:
+            fail(f"cannot reach Redis at {where} ({type(exc).__name__})")
     if revoked:
-        fail(f"token revoked (jti {claims.jti})")
+        fail(f"token revoked (jti {claims.jti}, sub {claims.sub})")
     out_console.print_json(json.dumps(claims.raw))
     left = claims.exp - time.time()
     out_console.print(
@@ -113,35 +128,66 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
 def revoke(
     token: Annotated[str | None, typer.Argument(help="The token, or - for stdin.")] = None,
     jti: Annotated[str | None, typer.Option("--jti", help="Revoke by token id instead.")] = None,
+    sub: Annotated[
+        str | None,
+        typer.Option("--sub", help="Revoke every token of this user issued before now."),
+    ] = None,
     ttl: Annotated[
-        str, typer.Option("--keep", help="With --jti: how long to keep the entry.")
-    ] = "7d",
+        str, typer.Option("--keep", help="With --jti or --sub: how long to keep the entry.")
+    ] = "",
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url", help="The servers' Redis (default: store.url): every instance sees it."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Revoke a token: servers refuse it (401 token_revoked) and close its connections (4003).
 
-    Servers on this machine read the revocation list (security.authentication.revocation_file).
-    Example: qa-ws token revoke "$TOKEN"
+    With a Redis store (--redis-url or store.url) every instance closes them within a second;
+    without one, servers on this machine read the revocation list
+    (security.authentication.revocation_file).
+    Examples: qa-ws token revoke "$TOKEN";  qa-ws token revoke --sub alice --redis-url redis://127.0.0.1:6379/0
     """
     settings = settings_from(config).settings
-    if (token is None) == (jti is None):
-        fail("give exactly one of TOKEN or --jti")
+    if sum(x is not None for x in (token, jti, sub)) != 1:
+        fail("give exactly one of TOKEN, --jti or --sub")
+    try:  # --sub: a token issued before now lives at most the longest lifetime allowed
+        keep_s = parse_duration(ttl) if ttl else (MAX_TOKEN_TTL_S if sub else 7 * 86400)
+    except ValueError as exc:
+        fail(str(exc))
+    exp = time.time() + keep_s
     if token is not None:
         with failures():
             claims = peek_claims(read_stdin_value(token))
         jti = claims.get("jti")
         if not isinstance(jti, str):
-            fail("this token has no 'jti' claim, so it cannot be revoked; rotate the key instead")
-        exp = float(claims.get("exp", time.time() + parse_duration(ttl)))
-    else:
-        try:
-            exp = time.time() + parse_duration(ttl)
-        except ValueError as exc:
-            fail(str(exc))
-    assert jti is not None
-    path = settings.security.authentication.revocation_file
+            fail("this token has no 'jti' claim: revoke its user with --sub instead")
+        with contextlib.suppress(TypeError, ValueError):
+            exp = float(claims["exp"]) if "exp" in claims else exp
+    url = redis_url or settings.store.url
+    revocations, where = _revocations(settings, url)
     try:
-        RevocationList(path).revoke(jti, exp)
+        if sub is not None:
+            revocations.revoke_subject(sub, time.time(), exp)
+        else:
+            assert jti is not None
+            revocations.revoke(jti, exp)
     except OSError as exc:
-        fail(f"cannot write the revocation list {path}: {exc.strerror}")
-    out_console.print(f"revoked jti {jti} until {_when(exp)} (list: {path})")
+        fail(f"cannot write the revocation list {where}: {exc.strerror}")
+    except RedisError as exc:
+        fail(f"cannot reach Redis at {where} ({type(exc).__name__}): nothing was revoked")
+    what = f"every token of sub {sub} issued before now" if sub else f"jti {jti}"
+    out_console.print(f"revoked {what}, until {_when(exp)} ({where})")
+
+
+def _revocations(settings: Settings, url: str | None) -> tuple[Revocations, str]:
+    """Redis when the servers share one, else the revocation list file."""
+    if url:
+        problem = store_scheme_problem(url)
+        if problem:
+            fail(f"--redis-url: {problem}")
+        return RedisRevocations(url), f"Redis {redact_url(url)}"
+    path = settings.security.authentication.revocation_file
+    return RevocationList(path), f"list: {path}"

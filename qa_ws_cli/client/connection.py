@@ -1,9 +1,11 @@
-"""The async client behind ``send``, ``repl``, the demo and tests.
+"""The async client behind ``send``, ``repl``, the demo and third-party code.
 
-It connects with any of the protocol's token carriers, tracks the session's ``seq`` (and
-drops replayed duplicates), and, when ``reconnect`` is on, survives a lost connection:
-backoff with jitter, a fresh token when it can mint one, resume with ``last_seq``, and a
-resend of every unanswered message (safe: the server treats a known id idempotently).
+It connects with any of the protocol's token carriers (``handshake.py``), tracks the
+session's ``seq`` (and drops replayed duplicates), and, when ``reconnect`` is on, survives a
+lost connection: backoff with jitter, a fresh token when it can mint one, resume with
+``last_seq``, and a resend of every unanswered message (safe: the server treats a known id
+idempotently). A question the caller gave up on (a timeout, a cancelled future) or asked to
+cancel is never sent again: a cancel the server did not confirm is resent instead.
 """
 
 from __future__ import annotations
@@ -17,21 +19,28 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Literal
 
-import aiohttp
-from yarl import URL
+from websockets.exceptions import ConnectionClosed
 
+from qa_ws_cli.client.handshake import (
+    FINAL_CLOSES,
+    AbortableConnection,
+    ClientOptions,
+    close_text,
+    open_connection,
+    request_for,
+)
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConnectionLost,
     HandshakeRefused,
     ProtocolError,
+    QaWsError,
     ServerError,
 )
 from qa_ws_cli.protocol.codec import decode_server
-from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL, CloseCode
+from qa_ws_cli.protocol.codes import CloseCode
 from qa_ws_cli.protocol.events import (
     AgentDelta,
     AgentResponse,
@@ -41,31 +50,9 @@ from qa_ws_cli.protocol.events import (
     SystemEvent,
 )
 
-Carrier = Literal["header", "subprotocol", "query"]
-# closes after which reconnecting would only be refused again
-_FINAL_CLOSES = frozenset(
-    {
-        CloseCode.NORMAL,
-        CloseCode.POLICY_VIOLATION,
-        CloseCode.MESSAGE_TOO_BIG,
-        CloseCode.TOKEN_REVOKED,
-    }
-)
-
-
-@dataclass
-class ClientOptions:
-    url: str
-    token: str | None = None
-    carrier: Carrier = "header"
-    origin: str | None = None
-    connect_timeout: float = 10.0
-    reconnect: bool = False
-    max_reconnects: int = 8
-    backoff_base: float = 0.25
-    backoff_max: float = 8.0
-    token_factory: Callable[[], str] | None = None
-    ssl: Any = True
+State = Literal["disconnected", "connecting", "connected", "closed"]
+_NOT_IN_FLIGHT = "not_in_flight"
+_CLOSED = object()  # ends events() after close()
 
 
 @dataclass
@@ -74,22 +61,7 @@ class _Pending:
     future: asyncio.Future[AgentResponse]
     on_delta: Callable[[str], None] | None = None
     sent_at: float = field(default_factory=time.perf_counter)
-
-
-def _describe_refusal(exc: aiohttp.WSServerHandshakeError, body: bytes | None) -> HandshakeRefused:
-    error, detail = "handshake_failed", exc.message
-    try:
-        data = json.loads(body or b"")
-        error, detail = str(data.get("error", error)), str(data.get("detail", detail))
-    except (ValueError, AttributeError):
-        pass
-    retry = exc.headers.get("Retry-After") if exc.headers else None
-    return HandshakeRefused(
-        f"handshake refused: HTTP {exc.status} {error}: {detail}",
-        status=exc.status,
-        error=error,
-        retry_after=float(retry) if retry and retry.isdigit() else None,
-    )
+    cancel_id: str | None = None  # set by cancel(): resend the cancel, never the question
 
 
 class QaWsClient:
@@ -98,79 +70,52 @@ class QaWsClient:
         self.session_id: str | None = None
         self.last_seq = 0
         self.connected: SystemEvent | None = None
-        self.state: Literal["disconnected", "connecting", "connected", "closed"] = "disconnected"
+        self.state: State = "disconnected"
         self.last_rtt_ms: float | None = None
         self.reconnects = 0
+        self.events_dropped = 0  # oldest events dropped from a full events() queue
         self.on_event: Callable[[ServerEvent], None] | None = None
         self.on_state: Callable[[str], None] | None = None
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: AbortableConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, _Pending] = {}
+        self._cancels: dict[str, str] = {}  # cancel id -> the chat id it targets
         self._pings: dict[str, asyncio.Future[float]] = {}
-        self._events: asyncio.Queue[ServerEvent | BaseException] = asyncio.Queue()
-        self._failure: BaseException | None = None
+        self._events: asyncio.Queue[Any] = asyncio.Queue(max(1, options.max_events))
+        self._failure: QaWsError | None = None
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
-        self._refusal_body: bytes | None = None
 
     # -- connecting ----------------------------------------------------------------------
 
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _request(self) -> tuple[URL, dict[str, str], tuple[str, ...]]:
-        url = URL(self.options.url)
-        token = self.options.token
-        headers: dict[str, str] = {}
-        protocols: tuple[str, ...] = (SUBPROTOCOL,)
-        query: dict[str, str] = {}
-        if token:
-            if self.options.carrier == "header":
-                headers["Authorization"] = f"Bearer {token}"
-            elif self.options.carrier == "subprotocol":
-                protocols = (SUBPROTOCOL, BEARER_PREFIX + token)
-            else:
-                query["token"] = token
-        if self.session_id:
-            query.update(session_id=self.session_id, last_seq=str(self.last_seq))
-        return url.update_query(query) if query else url, headers, protocols
-
     async def connect(self) -> SystemEvent:
-        """Open (or resume) the connection; returns the ``connected`` event."""
-        if self._http is None:
-            trace = aiohttp.TraceConfig()
-            trace.on_request_end.append(self._capture_refusal)
-            self._http = aiohttp.ClientSession(trace_configs=[trace])
+        """Open (or resume) the connection; returns the ``connected`` event.
+
+        Raises HandshakeRefused, ConnectionLost or ClientTimeout; never leaves a socket open.
+        """
         self._set_state("connecting")
-        url, headers, protocols = self._request()
-        self._refusal_body = None
+        url, headers, protocols = request_for(self.options, self.session_id, self.last_seq)
+        started = time.monotonic()
         try:
-            ws = await asyncio.wait_for(
-                self._http.ws_connect(
-                    url,
-                    headers=headers,
-                    protocols=protocols,
-                    origin=self.options.origin,
-                    max_msg_size=0,
-                    ssl=self.options.ssl,
-                ),
-                self.options.connect_timeout,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
+            ws = await open_connection(self.options, url, headers, protocols)
+        except BaseException:
             self._set_state("disconnected")
-            raise _describe_refusal(exc, self._refusal_body) from None
-        except TimeoutError:
+            raise
+        try:
+            left = max(0.0, self.options.connect_timeout - (time.monotonic() - started))
+            event = await asyncio.wait_for(self._first_event(ws), left)
+        except BaseException as exc:
+            ws.cut()  # at once: no close handshake with a peer that already misbehaves
             self._set_state("disconnected")
-            raise ClientTimeout(f"no handshake within {self.options.connect_timeout:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            self._set_state("disconnected")
-            raise ConnectionLost(f"cannot connect to {self.options.url}: {exc}") from None
-        first = await ws.receive(timeout=self.options.connect_timeout)
-        event = decode_server(first.data) if first.type is aiohttp.WSMsgType.TEXT else None
-        if not isinstance(event, SystemEvent) or event.event != "connected":
-            await ws.close()
-            raise ConnectionLost("the server did not start with a 'connected' event")
+            if isinstance(exc, TimeoutError):
+                raise ClientTimeout(
+                    f"the server accepted the connection but sent no 'connected' event "
+                    f"within {self.options.connect_timeout:g} s"
+                ) from None
+            raise
         if not event.resumed:
             self.last_seq = 0
         self.session_id = event.session_id
@@ -182,35 +127,46 @@ class QaWsClient:
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
         return event
 
-    async def _capture_refusal(
-        self,
-        session: aiohttp.ClientSession,
-        ctx: SimpleNamespace,
-        params: aiohttp.TraceRequestEndParams,
-    ) -> None:
-        """aiohttp drops a refused handshake's body; keep it for the error message."""
-        if params.response.status != 101:
-            with contextlib.suppress(Exception):
-                self._refusal_body = await params.response.read()
+    async def _first_event(self, ws: AbortableConnection) -> SystemEvent:
+        try:
+            first = await ws.recv()
+            event = decode_server(first) if isinstance(first, str) else None
+        except (ConnectionClosed, ProtocolError):
+            event = None
+        if not isinstance(event, SystemEvent) or event.event != "connected":
+            raise ConnectionLost("the server did not start with a 'connected' event")
+        return event
 
-    def _set_state(self, state: Any) -> None:
+    def _set_state(self, state: State) -> None:
         self.state = state
         if self.on_state is not None:
             self.on_state(state)
 
     def _emit(self, event: ServerEvent) -> None:
-        self._events.put_nowait(event)
+        self._queue(event)
         if self.on_event is not None:
             self.on_event(event)
 
+    def _queue(self, item: object) -> None:
+        """Bounded: a caller that never iterates events() loses the oldest, not memory."""
+        if self._events.full():
+            self._events.get_nowait()
+            self.events_dropped += 1
+        self._events.put_nowait(item)
+
     # -- receiving -----------------------------------------------------------------------
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
+    async def _read(self, ws: AbortableConnection) -> None:
+        while True:
+            try:
+                message = await ws.recv()
+            except ConnectionClosed as exc:
+                closed = exc
+                break
+            if not isinstance(message, str):
                 continue
             try:
-                event = decode_server(msg.data)
+                event = decode_server(message)
             except ProtocolError:
                 continue  # a newer server's event this client does not know: skip it
             seq = getattr(event, "seq", None)
@@ -220,7 +176,7 @@ class QaWsClient:
                 self.last_seq = seq
             self._dispatch(event)
             self._emit(event)
-        await self._lost(ws.close_code)
+        await self._lost(closed)
 
     def _dispatch(self, event: ServerEvent) -> None:
         if isinstance(event, AgentDelta):
@@ -228,54 +184,80 @@ class QaWsClient:
             if pending is not None and pending.on_delta is not None:
                 pending.on_delta(event.delta)
         elif isinstance(event, AgentResponse):
-            pending = self._pending.pop(event.reply_to, None)
-            if pending is not None and not pending.future.done():
-                pending.future.set_result(event)
+            self._settle(event.reply_to, event)
         elif isinstance(event, ErrorEvent) and event.reply_to is not None:
-            pending = self._pending.pop(event.reply_to, None)
-            if pending is not None and not pending.future.done():
-                pending.future.set_exception(
-                    ServerError(
-                        f"{event.code}: {event.message}",
-                        code=event.code,
-                        reply_to=event.reply_to,
-                        retry_after=event.retry_after,
-                    )
+            target = self._cancels.get(event.reply_to)
+            if target is not None:  # about one of our cancels, not a chat
+                if event.code == _NOT_IN_FLIGHT:  # the server is not answering the target
+                    self._settle(target, _cancelled(target))
+            else:
+                error = ServerError(
+                    f"{event.code}: {event.message}",
+                    code=event.code,
+                    reply_to=event.reply_to,
+                    retry_after=event.retry_after,
                 )
+                self._settle(event.reply_to, error)
         elif isinstance(event, Pong):
             waiter = self._pings.pop(event.reply_to, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(time.perf_counter())
 
-    async def _lost(self, code: int | None) -> None:
+    def _settle(self, msg_id: str, outcome: AgentResponse | BaseException) -> None:
+        pending = self._pending.pop(msg_id, None)
+        if pending is None or pending.future.done():
+            return
+        if pending.cancel_id is not None:
+            self._cancels.pop(pending.cancel_id, None)
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
+
+    async def _lost(self, closed: ConnectionClosed) -> None:
         self._ws = None
         if self.state == "closed":
             return
         self._set_state("disconnected")
+        code = closed.rcvd.code if closed.rcvd is not None else None
+        reason: QaWsError = ConnectionLost(close_text(code), close_code=code)
+        if closed.sent is not None and closed.sent.code == CloseCode.MESSAGE_TOO_BIG:
+            reason = ConnectionLost(
+                f"the server sent a frame larger than max_size ({self.options.max_size} bytes)",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            )
+            code = CloseCode.MESSAGE_TOO_BIG
         can_refresh = code == CloseCode.TOKEN_EXPIRED and self.options.token_factory is not None
         if self.options.reconnect and (
-            code not in _FINAL_CLOSES and (code != CloseCode.TOKEN_EXPIRED or can_refresh)
+            code not in FINAL_CLOSES and (code != CloseCode.TOKEN_EXPIRED or can_refresh)
         ):
-            with contextlib.suppress(Exception):
+            try:
                 await self._reconnect()
                 return
-        self._fail(ConnectionLost(_close_text(code), close_code=code))
+            except QaWsError as exc:  # a refused token, or every attempt failed: say which
+                reason = exc
+        self._fail(reason)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: QaWsError) -> None:
         self._failure = exc
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(exc)
         self._pending.clear()
+        self._cancels.clear()
         for waiter in self._pings.values():
             if not waiter.done():
                 waiter.set_exception(exc)
         self._pings.clear()
-        self._events.put_nowait(exc)
+        self._queue(exc)
 
     async def _reconnect(self) -> None:
+        """Raises the refusal of a token (401/403) at once, else the last failure."""
         opts = self.options
+        last: QaWsError | None = None
         for attempt in range(opts.max_reconnects):
+            if self.state == "closed":
+                return
             delay = min(opts.backoff_max, opts.backoff_base * 2**attempt)
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))  # noqa: S311 (jitter)
             if opts.token_factory is not None:
@@ -284,15 +266,33 @@ class QaWsClient:
                 await self.connect()
             except HandshakeRefused as exc:
                 if exc.status in (401, 403):
-                    raise
+                    raise HandshakeRefused(
+                        "reconnecting was refused" + exc.message.removeprefix("handshake refused"),
+                        status=exc.status,
+                        error=exc.error,
+                    ) from None
+                last = exc
                 continue
-            except (ConnectionLost, ClientTimeout):
+            except (ConnectionLost, ClientTimeout) as exc:
+                last = exc
                 continue
             self.reconnects += 1
-            for msg_id, pending in list(self._pending.items()):  # safe: ids are idempotent
-                await self._send({"type": "chat_message", "id": msg_id, "content": pending.content})
+            await self._resend()
             return
-        raise ConnectionLost("gave up reconnecting")
+        n = opts.max_reconnects
+        tried = f"gave up reconnecting after {n} attempt{'s' if n != 1 else ''}"
+        raise ConnectionLost(f"{tried}: {last.message}" if last else tried)
+
+    async def _resend(self) -> None:
+        """Safe: the server answers a known id from its store or attaches it to its run."""
+        for msg_id, pending in list(self._pending.items()):
+            if pending.future.done():
+                continue
+            if pending.cancel_id is not None:
+                frame = {"type": "cancel", "id": pending.cancel_id, "target": msg_id}
+            else:
+                frame = {"type": "chat_message", "id": msg_id, "content": pending.content}
+            await self._send(frame)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -300,9 +300,9 @@ class QaWsClient:
         if self._ws is None:
             if self._failure is not None:
                 raise self._failure
-            return  # reconnecting: pending chats are resent on resume
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._ws.send_str(json.dumps(frame))
+            return  # reconnecting: pending chats and cancels are resent on resume
+        with contextlib.suppress(ConnectionClosed):  # the reader sees the loss and acts on it
+            await self._ws.send(json.dumps(frame))
 
     async def send_chat(
         self,
@@ -311,12 +311,27 @@ class QaWsClient:
         msg_id: str | None = None,
         on_delta: Callable[[str], None] | None = None,
     ) -> asyncio.Future[AgentResponse]:
-        """Send one chat message; the future resolves with its ``agent_response``."""
+        """Send one chat message; the future resolves with its ``agent_response``.
+
+        Cancelling the future forgets the question: it is not resent on a reconnect.
+        """
         msg_id = msg_id or self.new_id()
         future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = _Pending(content, future, on_delta)
-        await self._send({"type": "chat_message", "id": msg_id, "content": content})
+        future.add_done_callback(lambda done: self._forget(msg_id, done))
+        try:
+            await self._send({"type": "chat_message", "id": msg_id, "content": content})
+        except BaseException:
+            future.cancel()
+            raise
         return future
+
+    def _forget(self, msg_id: str, future: asyncio.Future[AgentResponse]) -> None:
+        pending = self._pending.get(msg_id)
+        if pending is not None and pending.future is future and future.cancelled():
+            del self._pending[msg_id]
+            if pending.cancel_id is not None:
+                self._cancels.pop(pending.cancel_id, None)
 
     async def ask(
         self,
@@ -325,14 +340,30 @@ class QaWsClient:
         timeout: float | None = None,
         on_delta: Callable[[str], None] | None = None,
     ) -> AgentResponse:
-        future = await self.send_chat(content, on_delta=on_delta)
+        """Send and wait for the answer; on timeout the question is cancelled and forgotten."""
+        msg_id = self.new_id()
+        future = await self.send_chat(content, msg_id=msg_id, on_delta=on_delta)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
+            self._pending.pop(msg_id, None)
+            with contextlib.suppress(QaWsError):
+                await self._send({"type": "cancel", "id": self.new_id(), "target": msg_id})
             raise ClientTimeout(f"no answer within {timeout:g} s") from None
 
     async def cancel(self, target: str) -> None:
-        await self._send({"type": "cancel", "id": self.new_id(), "target": target})
+        """Ask the server to stop answering ``target``; its future ends with ``cancelled``.
+
+        Until the server confirms, a reconnect resends the cancel, not the question.
+        """
+        cancel_id = self.new_id()
+        pending = self._pending.get(target)
+        if pending is not None:
+            if pending.cancel_id is not None:
+                self._cancels.pop(pending.cancel_id, None)
+            pending.cancel_id = cancel_id
+            self._cancels[cancel_id] = target
+        await self._send({"type": "cancel", "id": cancel_id, "target": target})
 
     def pending_ids(self) -> list[str]:
         return list(self._pending)
@@ -353,54 +384,44 @@ class QaWsClient:
         return self.last_rtt_ms
 
     async def events(self) -> AsyncIterator[ServerEvent]:
-        """Every received event, in order; ends by raising when the connection is lost."""
+        """Every received event, in order (the newest ``max_events`` when nobody reads them);
+        raises when the connection is lost for good, ends after close()."""
         while True:
             item = await self._events.get()
+            if item is _CLOSED:
+                self._queue(_CLOSED)  # for any other reader
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
 
     async def drop(self) -> None:
-        """Cut the transport without a close frame, as a network failure would (for tests)."""
+        """Cut the transport without a close frame, as a network failure would."""
         if self._ws is not None:
-            transport = (
-                self._ws._response.connection.transport if self._ws._response.connection else None
-            )
-            if transport is not None:
-                transport.abort()
+            self._ws.cut()
 
     async def close(self) -> None:
         self._set_state("closed")
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        elif self._reader is not None:
+            self._reader.cancel()  # it may be between reconnect attempts
         if self._reader is not None:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._reader, 2.0)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+                await asyncio.wait_for(self._reader, self.options.close_timeout)
+        self._queue(_CLOSED)
 
     async def __aenter__(self) -> QaWsClient:
-        try:
-            await self.connect()
-        except BaseException:
-            await self.close()  # a refused connect must not leave the HTTP session open
-            raise
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-def _close_text(code: int | None) -> str:
-    reasons = {
-        CloseCode.GOING_AWAY: "the server is shutting down",
-        CloseCode.POLICY_VIOLATION: "closed by the server for a policy violation",
-        CloseCode.MESSAGE_TOO_BIG: "a frame was larger than the server allows",
-        CloseCode.INTERNAL_ERROR: "the server had an internal error",
-        CloseCode.TOKEN_EXPIRED: "the token expired",
-        CloseCode.TOKEN_REVOKED: "the token was revoked",
-    }
-    text = reasons.get(code or 0, "the connection was lost")  # type: ignore[call-overload]
-    return f"{text} (close code {code})" if code else text
+def _cancelled(msg_id: str) -> ServerError:
+    return ServerError("cancelled: the answer was cancelled", code="cancelled", reply_to=msg_id)
+
+
+__all__ = ["ClientOptions", "QaWsClient"]

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from qa_ws_cli.auth.tokens import peek_claims
 from qa_ws_cli.client.connection import QaWsClient
-from qa_ws_cli.errors import AuthError, ClientTimeout, ConnectionLost, QaWsError
+from qa_ws_cli.client.output import Output, OutputClosed, unless_closed
+from qa_ws_cli.errors import AuthError, ClientTimeout, ConnectionLost, HandshakeRefused, QaWsError
 from qa_ws_cli.protocol.events import ServerEvent, SystemEvent
 
 COMMANDS: dict[str, str] = {
@@ -44,6 +45,24 @@ KEYS: tuple[tuple[str, str], ...] = (  # of the interactive mode; /help shows th
 
 class UnknownCommand(QaWsError):
     code = "unknown_command"
+
+
+TOKEN_REFUSALS = frozenset({"invalid_token", "token_expired", "token_revoked"})
+
+
+def explain(exc: QaWsError) -> str:
+    """The error's one line, with what to do next when the CLI knows (a token problem)."""
+    if isinstance(exc, HandshakeRefused) and exc.error == "missing_token":
+        return (
+            f"the server wants a token (HTTP {exc.status} missing_token): pass --token TOKEN "
+            "(or set QA_WS_TOKEN), or --sub USER to mint one with the server's secret"
+        )
+    if isinstance(exc, HandshakeRefused) and exc.error in TOKEN_REFUSALS:
+        return (
+            f"{exc.message}; get a fresh token (qa-ws token issue --sub USER) and pass it "
+            "with --token or QA_WS_TOKEN, or use --sub USER"
+        )
+    return exc.message
 
 
 def command_name(line: str) -> str | None:
@@ -222,10 +241,12 @@ class Narrator:
             self.note(f"the token expires at {event.expires_at}: {then}")
 
     async def watch(self) -> None:
+        """Until the client is closed (its events end)."""
         while True:
             try:
                 async for _ in self.client.events():
                     pass
+                return
             except QaWsError as exc:
                 self.gave_up = exc
                 self.on_lost(exc)
@@ -239,7 +260,7 @@ class LineRepl:
         self, client: QaWsClient, out: TextIO, err: TextIO, *, as_json: bool, timeout: float
     ) -> None:
         self.client = client
-        self.out = out
+        self.out = Output(out)
         self.err = err
         self.as_json = as_json
         self.timeout = timeout
@@ -248,7 +269,6 @@ class LineRepl:
 
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
-        self.out.flush()
 
     def _note(self, text: str) -> None:
         self.err.write(text + "\n")
@@ -271,13 +291,18 @@ class LineRepl:
         self.client.on_event = self._on_event
         self.client.on_state = self.narrator.state
         watcher = asyncio.create_task(self.narrator.watch())
+        self.out.watch()
         try:
-            await self.client.connect()
-            await self._loop(lines, lost)
+            await unless_closed(self.out, self._session(lines, lost))
         finally:
+            self.out.unwatch()
             watcher.cancel()
             await self.client.close()
         return self.errors
+
+    async def _session(self, lines: AsyncIterator[str], lost: asyncio.Future[QaWsError]) -> None:
+        await self.client.connect()
+        await self._loop(lines, lost)
 
     async def _loop(self, lines: AsyncIterator[str], lost: asyncio.Future[QaWsError]) -> None:
         source = aiter(lines)
@@ -345,7 +370,8 @@ async def run_plain(
     as_json: bool = False,
     timeout: float = 120.0,
 ) -> list[QaWsError]:
-    """Raises the error that ended the session (refused, lost for good); returns the others."""
+    """Raises the error that ended the session (refused, lost for good, OutputClosed when
+    stdout's reader left); returns the others."""
     return await LineRepl(client, out, err, as_json=as_json, timeout=timeout).run(lines)
 
 
@@ -355,9 +381,11 @@ __all__ = [
     "KEYS",
     "LineRepl",
     "Narrator",
+    "OutputClosed",
     "UnknownCommand",
     "command_name",
     "event_json",
+    "explain",
     "message_text",
     "reconnect",
     "run_plain",

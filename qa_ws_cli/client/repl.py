@@ -43,12 +43,13 @@ from qa_ws_cli.client.plain import (
     Narrator,
     command_name,
     event_json,
+    explain,
     message_text,
     reconnect,
     session_rows,
     token_rows,
 )
-from qa_ws_cli.errors import ConnectionLost, QaWsError, ServerError
+from qa_ws_cli.errors import ConnectionLost, HandshakeRefused, QaWsError, ServerError
 from qa_ws_cli.protocol.events import AgentResponse, ServerEvent, SystemEvent
 
 PROMPT = "qa\u203a "  # a quieter mark than ">"
@@ -236,7 +237,10 @@ class Repl:
         self._spawn(self._quiet_ping())
 
     def _lost(self, exc: QaWsError) -> None:
-        self.note(f"connection lost: {exc.message} — /reconnect to try again, /quit to leave")
+        if isinstance(exc, HandshakeRefused):  # why it stopped, not the close that began it
+            self.error(f"{explain(exc)} (/reconnect tries again, /quit leaves)")
+        else:
+            self.note(f"connection lost: {exc.message} — /reconnect to try again, /quit to leave")
 
     def _on_event(self, event: ServerEvent) -> None:
         if self.as_json:
@@ -309,7 +313,7 @@ class Repl:
                 return await self._ask(message_text(line))
             return await self._command(name)
         except QaWsError as exc:  # UnknownCommand included
-            self.error(exc.message)
+            self.error(explain(exc))
         return True
 
     async def _command(self, name: str) -> bool:

@@ -8,6 +8,8 @@ from enum import IntEnum, StrEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
@@ -25,6 +27,10 @@ class ErrorCode(StrEnum):
     AGENT_TIMEOUT = "agent_timeout"
     AGENT_ERROR = "agent_error"
     CANCELLED = "cancelled"
+    NOT_IN_FLIGHT = "not_in_flight"
+    AGENT_INTERRUPTED = "agent_interrupted"
+    FILE_NOT_FOUND = "file_not_found"
+    UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -41,6 +47,17 @@ class HandshakeError(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SERVER_FULL = "server_full"
     DRAINING = "draining"
+
+
+class FileError(StrEnum):
+    """The ``error`` field of a refused ``/files`` request (401/403 use ``HandshakeError``)."""
+
+    FILE_TOO_LARGE = "file_too_large"
+    UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
+    FILE_NOT_FOUND = "file_not_found"
+    INVALID_UPLOAD = "invalid_upload"
+    INVALID_SIGNATURE = "invalid_signature"
+    STORAGE_FULL = "storage_full"
 
 
 SUBPROTOCOL = "qa-ws.v1"

@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ChatId = Annotated[str, Field(pattern=ID_PATTERN)]
 
+# Limits of agent events and attachments (docs/protocol.md, "Agent events" and "Files")
+MAX_ATTACHMENTS = 8
+TOOL_TEXT_MAX_CHARS = 200
+RESULT_PREVIEW_MAX_CHARS = 500
+TOOL_ARGS_MAX_ITEMS = 20
+TOOL_ARGS_MAX_DEPTH = 4
+ELLIPSIS = "…"
+
 _ts_cache: list[Any] = [-1, ""]
 
 
@@ -40,6 +48,7 @@ class ChatMessage(_Event):
     type: Literal["chat_message"] = "chat_message"
     id: ChatId
     content: Annotated[str, Field(min_length=1)]
+    attachments: Annotated[list[ChatId], Field(max_length=MAX_ATTACHMENTS)] | None = None
 
 
 class Ping(_Event):
@@ -87,12 +96,55 @@ class AgentDelta(_ServerEvent):
     delta: str
 
 
+class ToolCall(_Event):
+    """A tool in an ``agent_event``: ``args`` only on ``tool_started``."""
+
+    id: str
+    name: str
+    args: dict[str, Any] | None = None
+
+
+class AgentEvent(_ServerEvent):
+    """Live progress of an answer (like ``agent_delta``: no ``seq``, never replayed).
+
+    ``kind`` is a plain string so that a client meeting a kind newer than itself can skip it.
+    """
+
+    type: Literal["agent_event"] = "agent_event"
+    reply_to: str
+    kind: str
+    tool: ToolCall | None = None
+    result_preview: str | None = None
+    ms: float | None = None
+    message: str | None = None
+    text: str | None = None
+
+
+class ToolSummary(_Event):
+    name: str
+    status: str
+    ms: float | None = None
+
+
+class FileInfo(_Event):
+    """A file an answer produced: fetch it at ``url`` (signed, no token) before ``expires_at``."""
+
+    file_id: str
+    name: str
+    mime: str
+    size: int
+    url: str
+    expires_at: str
+
+
 class AgentResponse(_ServerEvent):
     type: Literal["agent_response"] = "agent_response"
     reply_to: str
     content: str
     latency_ms: float
     seq: int | None = None
+    tools: list[ToolSummary] | None = None
+    attachments: list[FileInfo] | None = None
 
 
 class ErrorEvent(_ServerEvent):
@@ -116,5 +168,35 @@ class Pong(_ServerEvent):
 
 
 ServerEvent = Annotated[
-    SystemEvent | AgentDelta | AgentResponse | ErrorEvent | Pong, Field(discriminator="type")
+    SystemEvent | AgentDelta | AgentEvent | AgentResponse | ErrorEvent | Pong,
+    Field(discriminator="type"),
 ]
+
+
+# -- clipping what a backend reports -----------------------------------------------------
+
+
+def clip_text(text: str, limit: int = TOOL_TEXT_MAX_CHARS) -> str:
+    """At most ``limit`` characters; a clipped string ends with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def clip_json(value: Any, depth: int = 0) -> Any:
+    """A tool's arguments as the protocol sends them: strings clipped, containers bounded.
+
+    Objects and arrays keep their first ``TOOL_ARGS_MAX_ITEMS`` entries; below
+    ``TOOL_ARGS_MAX_DEPTH`` levels a container becomes the string ``"…"``. Anything that is
+    not JSON (a backend's own object) becomes its clipped ``str``.
+    """
+    if isinstance(value, str):
+        return clip_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict | list | tuple):
+        if depth >= TOOL_ARGS_MAX_DEPTH:
+            return ELLIPSIS
+        if isinstance(value, dict):
+            items = list(value.items())[:TOOL_ARGS_MAX_ITEMS]
+            return {clip_text(str(k)): clip_json(v, depth + 1) for k, v in items}
+        return [clip_json(v, depth + 1) for v in value[:TOOL_ARGS_MAX_ITEMS]]
+    return clip_text(str(value))

@@ -10,25 +10,34 @@ from aiohttp import web
 
 from qa_ws_cli.agents.base import Agent
 from qa_ws_cli.config import Settings
-from qa_ws_cli.server import handlers
+from qa_ws_cli.server import files_http, handlers
+from qa_ws_cli.server.files import FileStore
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.middlewares import (
     auth_middleware,
     caps_middleware,
     forwarded_middleware,
+    guard_middleware,
     origin_middleware,
     request_id_middleware,
+    security_headers,
 )
 from qa_ws_cli.server.store import MemoryStore, Store
+from qa_ws_cli.server.web import ASSETS, Assets
 
 
-def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> web.Application:
-    gateway = Gateway(settings, agent, store or MemoryStore())
+def create_app(
+    settings: Settings, agent: Agent, store: Store | None = None, files: FileStore | None = None
+) -> web.Application:
+    files = files or files_http.file_store_for(settings)
+    signer = files_http.signer_for(settings)
+    gateway = Gateway(settings, agent, store or MemoryStore(), files=files, signer=signer)
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
     if settings.server.trusted_proxies:
         middlewares.append(forwarded_middleware(settings.server.trusted_proxies))
+    middlewares.append(guard_middleware())
     if cors.enabled:
         middlewares.append(origin_middleware())
     middlewares += [auth_middleware(), caps_middleware()]
@@ -38,17 +47,22 @@ def create_app(settings: Settings, agent: Agent, store: Store | None = None) -> 
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app[ASSETS] = Assets.load()
     app.router.add_get("/", handlers.index)
+    app.router.add_get("/static/{name:.+}", handlers.static)
     app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
+    files_http.setup(app, files, signer)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     app.on_response_prepare.append(_request_id_header)
+    app.on_response_prepare.append(security_headers)
     return app
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.start()
+    await gateway.refresh_revocations()
     housekeeping = asyncio.get_running_loop().create_task(gateway.housekeeping_loop())
     yield
     housekeeping.cancel()

@@ -1,4 +1,4 @@
-"""Live connections: bounded outgoing queues, the registry, per-user counts and broadcast.
+"""Live connections: bounded outgoing queues and this instance's registry of them.
 
 Every frame to a client goes through ``Connection.send``: it never blocks the caller. Frames
 queue (bounded in bytes) and one short-lived writer task drains them; a client that does not
@@ -12,15 +12,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from qa_ws_cli.auth.tokens import Claims
 from qa_ws_cli.protocol.codes import CloseCode
-
-if TYPE_CHECKING:
-    from qa_ws_cli.server.sessions import Session
 
 log = logging.getLogger("qa_ws.server")
 _NO_FRAMES: deque[str] = deque(maxlen=0)  # shared and always empty: idle connections own none
@@ -39,13 +35,14 @@ class Connection:
         "closed_with",
         "closing",
         "id",
-        "inflight",
         "last_seen",
+        "last_seq",
         "queue",
         "queue_limit",
         "queued_bytes",
         "rejections",
-        "session",
+        "session_id",
+        "slot",
         "timers",
         "transport",
         "user",
@@ -68,13 +65,14 @@ class Connection:
         self.id = conn_id
         self.claims = claims
         self.user = claims.sub
-        self.session: Session | None = None
+        self.session_id = ""
+        self.slot = ""  # the per-user connection slot it holds in the store
+        self.last_seq = 0  # the highest seq sent: a frame offered twice is sent once
         self.queue: deque[str] = _NO_FRAMES  # replaced by a deque of its own on first use
         self.queued_bytes = 0
         self.queue_limit = queue_limit
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
-        self.inflight = 0
         self.last_seen = 0.0
         self.rejections: deque[float] | None = None
         self.timers: list[asyncio.TimerHandle] = []
@@ -99,6 +97,13 @@ class Connection:
         self.queued_bytes += size
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def send_seq(self, seq: int, frame: str) -> None:
+        """Send a replayable frame unless this connection already got it (replay and live
+        delivery may both offer one frame around a resume)."""
+        if seq > self.last_seq:
+            self.last_seq = seq
+            self.send(frame)
 
     def _write_now(self, frame: str) -> None:
         """Write at once while the socket keeps up (the common case), with no task per frame.
@@ -173,17 +178,16 @@ def _abort_if_stuck(transport: asyncio.Transport) -> None:
 
 
 class ConnectionManager:
-    """The registry of this instance's connections, and the slots the caps count.
+    """The registry of this instance's connections, and the server-wide slots its cap counts.
 
-    A slot is reserved before the upgrade (so the caps hold under a stampede) and released
-    when the handler returns; the registry holds the connections that are open.
+    A slot is reserved before the upgrade (so the cap holds under a stampede) and released
+    when the handler returns; the registry holds the connections that are open. The per-user
+    cap counts across instances, in the store.
     """
 
-    def __init__(self, max_total: int, max_per_user: int) -> None:
+    def __init__(self, max_total: int) -> None:
         self.max_total = max_total
-        self.max_per_user = max_per_user
         self._by_id: dict[str, Connection] = {}
-        self._per_user: dict[str, int] = {}
         self._slots = 0
 
     def __len__(self) -> int:
@@ -192,28 +196,18 @@ class ConnectionManager:
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._by_id.values()))
 
-    def reserve(self, user: str) -> str | None:
-        """Take a slot for ``user``; returns the refusal's error code when there is none."""
+    def reserve(self) -> bool:
+        """Take a server-wide slot; False when the server is full."""
         if self._slots >= self.max_total:
-            return "server_full"
-        held = self._per_user.get(user, 0)
-        if held >= self.max_per_user:
-            return "too_many_connections"
-        self._per_user[user] = held + 1
+            return False
         self._slots += 1
-        return None
+        return True
 
-    def release(self, user: str) -> None:
+    def release(self) -> None:
         self._slots -= 1
-        left = self._per_user[user] - 1
-        if left:
-            self._per_user[user] = left
-        else:
-            del self._per_user[user]
 
-    def users(self) -> int:
-        """How many distinct users hold a slot."""
-        return len(self._per_user)
+    def get(self, conn_id: str) -> Connection | None:
+        return self._by_id.get(conn_id)
 
     def add(self, conn: Connection) -> None:
         self._by_id[conn.id] = conn

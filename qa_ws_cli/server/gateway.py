@@ -1,8 +1,9 @@
-"""The gateway's state in one object, injected into the app under one typed key.
+"""The gateway's parts in one object, injected into the app under one typed key.
 
-It owns the parts (connections, sessions, limiter, verifier, metrics) and the duties that
-span connections: housekeeping (expired sessions, revoked tokens, idle peers), token
-lifetime timers, broadcast, and the graceful drain on shutdown.
+It wires the parts together (connections, the session driver, limiter, verifier, metrics,
+store) and carries the duties that span connections: housekeeping, token lifetime timers,
+what other instances deliver (broadcasts, session frames, cancels), and the graceful drain.
+The rules of a session are ``SessionCore``'s, not this module's.
 """
 
 from __future__ import annotations
@@ -17,51 +18,71 @@ from aiohttp import web
 
 from qa_ws_cli import __version__
 from qa_ws_cli.agents.base import Agent
-from qa_ws_cli.auth.revocation import RevocationList
+from qa_ws_cli.auth.revocation import RevocationCache, RevocationList
 from qa_ws_cli.auth.tokens import Claims, TokenVerifier
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import PROTOCOL_VERSION, CloseCode
-from qa_ws_cli.protocol.events import SystemEvent, utc_timestamp
+from qa_ws_cli.protocol.events import MAX_ATTACHMENTS, utc_timestamp
 from qa_ws_cli.server.chat import FrameHandler
 from qa_ws_cli.server.connections import Connection, ConnectionManager
+from qa_ws_cli.server.driver import SessionDriver
+from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.limits import RateLimiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
-from qa_ws_cli.server.sessions import SessionManager
+from qa_ws_cli.server.session_core import CoreLimits
 from qa_ws_cli.server.store import Store
 
 HOUSEKEEPING_INTERVAL_S = 1.0
+REVOCATIONS_READ_S = 5.0  # shared revocations are read this often (and on every announcement)
 
 
 class Gateway:
-    def __init__(self, settings: Settings, agent: Agent, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        agent: Agent,
+        store: Store,
+        *,
+        files: FileStore | None = None,
+        signer: FileSigner | None = None,
+    ) -> None:
         self.settings = settings
         self.agent = agent
         self.store = store
+        store.configure(settings.sessions)
         self.instance = f"{settings.server.name}-{uuid.uuid4().hex[:8]}"
         self.log = logging.getLogger("qa_ws.server")
         self.metrics = Metrics()
-        self.connections = ConnectionManager(
-            settings.server.max_connections, settings.server.max_connections_per_user
+        self.connections = ConnectionManager(settings.server.max_connections)
+        lim = settings.limits
+        core_limits = CoreLimits(
+            max_content_chars=lim.max_content_chars,
+            max_inflight_per_connection=lim.max_inflight_per_connection,
+            timeout_s=settings.agent.timeout_s,
         )
-        self.sessions = SessionManager(settings.sessions)
+        self.driver = SessionDriver(
+            store, agent, self.connections, self.metrics, core_limits, self.instance, files, signer
+        )
         rl = settings.security.rate_limiting
         self.limiter = RateLimiter(rl, store.limit_storage()) if rl.enabled else None
         auth = settings.security.authentication
         self.verifier = TokenVerifier(auth, settings.secret()) if auth.enabled else None
-        self.revocations = RevocationList(auth.revocation_file)
-        self.frames = FrameHandler(self)
-        self.draining = False
+        self.revocations = RevocationCache(RevocationList(auth.revocation_file))
+        self._revocations_read_at = 0.0
+        self.frames = FrameHandler(self.driver, self.limiter, self.metrics)
         self.allowed_origins = set(settings.security.cors.origins)
         self._agent_ready: tuple[float, bool] = (0.0, False)
-        store.on_broadcast(self.deliver_broadcast)
-        lim = settings.limits
+        self._touched_at = 0.0
+        store.attach_peer(self)
         self.limits_info = {
             "max_message_bytes": lim.max_message_bytes,
             "max_content_chars": lim.max_content_chars,
             "max_inflight": lim.max_inflight_per_connection,
             "max_requests_per_minute": rl.max_requests_per_minute if rl.enabled else None,
             "heartbeat_s": lim.heartbeat_s,
+            "max_upload_bytes": lim.max_upload_bytes,
+            "max_attachments": MAX_ATTACHMENTS,
         }
         self.server_info = {
             "name": settings.server.name,
@@ -69,6 +90,14 @@ class Gateway:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
         }
+
+    @property
+    def draining(self) -> bool:
+        return self.driver.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.driver.draining = value
 
     def allow_own_origins(self, port: int, tls: bool) -> None:
         """Allow the loopback origins of the page this server serves itself (``GET /``).
@@ -100,8 +129,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         left = claims.exp - time.time()
         notice = self.settings.security.authentication.expiring_notice_s
-        expires_at = utc_timestamp(claims.exp)
         if notice and left > notice:
+            expires_at = utc_timestamp(claims.exp)
             conn.timers.append(
                 loop.call_later(left - notice, self._token_expiring, conn, expires_at)
             )
@@ -111,12 +140,11 @@ class Gateway:
             )
         )
 
-    @staticmethod
-    def _token_expiring(conn: Connection, expires_at: str) -> None:
-        if conn.session is not None and conn.session.connection is conn:
-            conn.session.publish(
-                lambda seq: SystemEvent(event="token_expiring", expires_at=expires_at, seq=seq)
-            )
+    def _token_expiring(self, conn: Connection, expires_at: str) -> None:
+        local = self.driver.local.get(conn.session_id)
+        if local is not None:
+            outputs = local.core.system(conn.id, event="token_expiring", expires_at=expires_at)
+            self.driver.spawn(local, outputs)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -132,77 +160,113 @@ class Gateway:
             self._agent_ready = (now, ok)
         return ok
 
-    # -- broadcast ---------------------------------------------------------------------------
+    # -- what other instances (or this one) deliver ----------------------------------------------
 
     async def deliver_broadcast(self, message: str) -> int:
         delivered = 0
-        for conn in self.connections:
-            session = conn.session
-            if session is not None and session.connection is conn and not conn.closing:
-                session.publish(
-                    lambda seq: SystemEvent(event="broadcast", message=message, seq=seq)
-                )
-                delivered += 1
+        for local, conn in self.driver.each_attached():
+            await self.driver.apply(
+                local, local.core.system(conn.id, event="broadcast", message=message)
+            )
+            delivered += 1
         self.metrics.broadcasts.inc()
         return delivered
 
+    def deliver_frame(self, session_id: str, seq: int, frame: str, reply_to: str | None) -> None:
+        local = self.driver.local.get(session_id)
+        if local is None or local.core.attached is None:
+            return
+        local.seq = max(local.seq, seq)
+        local.core.remote_frame(frame, reply_to)
+        conn = self.connections.get(local.core.attached)
+        if conn is not None:
+            conn.send_seq(seq, frame)
+
+    def deliver_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
+        local = self.driver.local.get(session_id)
+        if local is not None:
+            self.driver.spawn(local, local.core.cancel_from_cluster(target, cancel_id))
+
+    def deliver_revocation(self) -> None:
+        asyncio.get_running_loop().create_task(self.refresh_revocations())
+
+    async def refresh_revocations(self) -> None:
+        """Read the shared revocations and close what they revoke at once (4003)."""
+        self._revocations_read_at = time.monotonic()
+        shared = await self.store.revocations()
+        if shared is not None:
+            self.revocations.update(*shared)
+        self.close_revoked()
+
+    def close_revoked(self) -> None:
+        revocations = self.revocations
+        if not revocations.revoked_ids() and not revocations.revoked_subjects():
+            return
+        for conn in self.connections:
+            claims = conn.claims
+            if revocations.is_revoked(claims.jti, claims.sub, claims.iat):
+                conn.start_close(CloseCode.TOKEN_REVOKED, "token revoked")
+
     # -- housekeeping ----------------------------------------------------------------------
 
-    def housekeep(self) -> None:
-        self.sessions.sweep()
+    async def housekeep(self) -> None:
         self.store.prune()
-        self.metrics.sessions.set(len(self.sessions))
-        revoked = self.revocations.revoked_ids()
-        idle = self.settings.limits.idle_timeout_s
-        if not revoked and not idle:
-            return
+        if not self.store.available:
+            await self.store.ping()  # back? then the next writes go through again
+        await self.driver.housekeep()
         now = time.monotonic()
-        for conn in self.connections:
-            if revoked and conn.claims.jti in revoked:
-                conn.start_close(CloseCode.TOKEN_REVOKED, "token revoked")
-            elif idle and not conn.inflight and now - conn.last_seen > idle:  # waiting != idle
-                conn.start_close(CloseCode.NORMAL, "idle timeout")
+        if now - self._touched_at >= max(1.0, self.settings.sessions.ttl_s / 4):
+            self._touched_at = now
+            await self.driver.touch_attached()
+            await self.store.renew_connections((c.user, c.slot) for c in self.connections)
+        self.metrics.sessions.set(len(self.driver.local))
+        if now - self._revocations_read_at >= REVOCATIONS_READ_S:
+            await self.refresh_revocations()
+        else:
+            self.close_revoked()  # the local list may have changed (its file is re-read)
+        idle = self.settings.limits.idle_timeout_s
+        if idle:
+            for conn in self.connections:
+                if now - conn.last_seen > idle and not self._waiting(conn):
+                    conn.start_close(CloseCode.NORMAL, "idle timeout")
+
+    def _waiting(self, conn: Connection) -> bool:
+        """A connection waiting for an answer is not idle."""
+        local = self.driver.local.get(conn.session_id)
+        return local is not None and local.core.inflight(conn.id) > 0
 
     async def housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
-                self.housekeep()
+                await self.housekeep()
             except Exception:
                 self.log.exception("housekeeping failed")
 
     # -- shutdown ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Refuse new connections, tell every client, let answers finish, close with 1001, and
-        hand the sessions to the store so an instance started later can resume them."""
-        if self.draining:
+        """Refuse new connections, tell every client, let answers finish, close with 1001.
+
+        The sessions are in the store already: with Redis, any instance resumes them."""
+        driver = self.driver
+        if driver.draining:
             return
-        self.draining = True
+        driver.draining = True
         sd = self.settings.shutdown
         log_event(
-            self.log,
-            "draining",
-            connections=len(self.connections),
-            in_flight=self.sessions.inflight(),
+            self.log, "draining", connections=len(self.connections), in_flight=driver.inflight()
         )
-        for conn in self.connections:
-            session = conn.session
-            if session is not None and session.connection is conn:
-                session.publish(
-                    lambda seq: SystemEvent(
-                        event="shutdown", reconnect_after_ms=sd.reconnect_after_ms, seq=seq
-                    )
-                )
+        for local, conn in driver.each_attached():
+            outputs = local.core.system(
+                conn.id, event="shutdown", reconnect_after_ms=sd.reconnect_after_ms
+            )
+            await driver.apply(local, outputs)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.frames.idle.wait(), sd.drain_timeout_s)
-        for run in self.sessions.runs():  # past the deadline: stop what is left
-            run.task.cancel()
+            await asyncio.wait_for(driver.idle.wait(), sd.drain_timeout_s)
+        driver.stop_all()  # past the deadline: stop what is left (its claims lapse)
         await self.connections.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        kept = await self.store.save_sessions(
-            self.sessions.snapshots(), self.settings.sessions.ttl_s
-        )
-        log_event(self.log, "drained", sessions_handed_over=kept)
+        log_event(self.log, "drained", store=self.store.name)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

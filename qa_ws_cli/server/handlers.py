@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from importlib import resources
+from ipaddress import ip_address
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from qa_ws_cli.protocol.codec import encode
 from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
-from qa_ws_cli.server.sessions import Session
+from qa_ws_cli.server.session_store import ResumeRecord
+from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
-_CSP = (
-    "default-src 'self'; connect-src 'self' ws: wss:; "
-    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
-)
-_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as SessionManager.create makes them
-_CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
+MAX_JSON_DIGITS = 100  # an admin body never needs longer numbers; Python's own cap is 4,300
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
 
 
 def _resume_point(request: web.Request) -> tuple[str | None, int]:
@@ -39,31 +38,30 @@ def _resume_point(request: web.Request) -> tuple[str | None, int]:
     return session_id, last_seq
 
 
+async def _resumable(gw: Gateway, session_id: str | None, last_seq: int) -> ResumeRecord | None:
+    if session_id is None or last_seq < 0:
+        return None
+    try:
+        return await gw.store.resume(session_id, last_seq)
+    except Exception:  # a store that fails here means a fresh session, never a 500
+        gw.log.warning("session lookup failed; starting a fresh session", exc_info=True)
+        return None
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     claims = request[CLAIMS]
     session_id, last_seq = _resume_point(request)
-    session: Session | None = None
-    replay: list[str] = []
-    if session_id is not None:
-        existing = gw.sessions.get(session_id)
-        if existing is None and last_seq >= 0:  # perhaps handed over by a drained instance
-            snapshot = await gw.store.take_session(session_id)
-            if snapshot is not None:
-                existing = gw.sessions.restore(snapshot)
-        if existing is not None and existing.user != claims.sub:
-            return refusal(
-                gw,
-                request,
-                403,
-                HandshakeError.SESSION_FORBIDDEN,
-                "this session belongs to another user",
-            )
-        if existing is not None:
-            kept = existing.replay_after(last_seq, gw.settings.sessions.buffer_age_s)
-            if kept is not None:
-                session, replay = existing, kept
-
+    record = await _resumable(gw, session_id, last_seq)
+    if record is not None and record.user != claims.sub:
+        return refusal(
+            gw,
+            request,
+            403,
+            HandshakeError.SESSION_FORBIDDEN,
+            "this session belongs to another user",
+        )
+    resumed = record is not None and record.frames is not None
     lim = gw.settings.limits
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
@@ -71,27 +69,57 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
         compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
     )
-    await ws.prepare(request)
-
-    resumed = session is not None
-    if session is None:
-        session = gw.sessions.create(claims.sub)
     conn = Connection(
         ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed, request.transport
     )
+    conn.session_id = session_id if resumed and session_id else uuid.uuid4().hex
+    conn.slot = request.get(SLOT, "")
+    started = time.monotonic()
+    try:
+        await ws.prepare(request)
+        await _open(gw, request, conn, record if resumed else None, last_seq)
+        frames = gw.frames
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                conn.last_seen = time.monotonic()
+                await frames.on_text(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.last_seen = time.monotonic()
+                await frames.on_binary(conn)
+    except Exception:
+        gw.log.exception("connection handler failed", extra={"fields": {"connection": conn.id}})
+        with contextlib.suppress(Exception):
+            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        _closed(gw, request, conn, ws, started)
+    return ws
+
+
+async def _open(
+    gw: Gateway,
+    request: web.Request,
+    conn: Connection,
+    record: ResumeRecord | None,
+    last_seq: int,
+) -> None:
+    """Register the connection, attach it to its session and send ``connected`` and the replay."""
+    driver = gw.driver
     conn.last_seen = time.monotonic()
     gw.connections.add(conn)
-    previous = gw.sessions.attach(session, conn)
-    if previous is not None:
-        previous.start_close(CloseCode.NORMAL, "session resumed on another connection")
+    gw.metrics.connections.inc()
+    if record is None:
+        await gw.store.create(conn.session_id, conn.user)
+    local = driver.session(conn.session_id, conn.user)
+    closes = local.core.attach(conn.id)
+    replay = record.frames if record is not None and record.frames is not None else []
     conn.send(
         encode(
             SystemEvent(
                 event="connected",
-                session_id=session.id,
+                session_id=conn.session_id,
                 connection_id=conn.id,
                 user=conn.user,
-                resumed=resumed,
+                resumed=record is not None,
                 replayed=len(replay),
                 server=gw.server_info,
                 limits=gw.limits_info,
@@ -100,55 +128,58 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     for frame in replay:
         conn.send(frame)
-    gw.schedule_token_timers(conn, claims)
-    gw.metrics.connects.labels(str(resumed).lower()).inc()
-    gw.metrics.connections.inc()
+    if record is not None:
+        conn.last_seq = local.seq = max(local.seq, record.seq, last_seq)
+        local.core.remote.update(c for c in record.running if c not in local.core.runs)
+        # what was published between the lookup and the attach
+        for seq, frame in await gw.store.frames_after(conn.session_id, conn.last_seq):
+            conn.send_seq(seq, frame)
+    await driver.apply(local, closes)
+    if record is not None and record.interrupted:
+        await driver.apply(local, local.core.interrupted(record.interrupted))
+    gw.schedule_token_timers(conn, conn.claims)
+    gw.metrics.connects.labels(str(record is not None).lower()).inc()
     log_event(
         gw.log,
         "connect",
         request_id=request[REQUEST_ID],
         user=conn.user,
         connection=conn.id,
-        session=session.id,
-        resumed=resumed,
+        session=conn.session_id,
+        resumed=record is not None,
         replayed=len(replay),
     )
-    started = time.monotonic()
-    frames = gw.frames
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                conn.last_seen = time.monotonic()
-                await frames.on_text(conn, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                conn.last_seen = time.monotonic()
-                frames.on_binary(conn)
-    except Exception:
-        gw.log.exception("connection handler failed", extra={"fields": {"connection": conn.id}})
-        await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
-    finally:
-        conn.closing = True
-        conn.cancel_timers()
+
+
+def _closed(
+    gw: Gateway,
+    request: web.Request,
+    conn: Connection,
+    ws: web.WebSocketResponse,
+    started: float,
+) -> None:
+    """Always runs, whatever failed: the connection leaves every registry it entered."""
+    conn.closing = True
+    conn.cancel_timers()
+    if gw.connections.get(conn.id) is conn:
         gw.connections.remove(conn)
-        gw.sessions.detach(session, conn)
         gw.metrics.connections.dec()
-        code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
-        gw.metrics.closes.labels(_close_label(code)).inc()
-        if code in _CLIENT_CLOSES and session.connection is None and not gw.draining:
-            for run in list(session.inflight.values()):  # the user left: stop the agent
-                if run.origin is conn:
-                    run.task.cancel()
-        log_event(
-            gw.log,
-            "disconnect",
-            request_id=request[REQUEST_ID],
-            user=conn.user,
-            connection=conn.id,
-            session=session.id,
-            close_code=code,
-            duration_s=round(time.monotonic() - started, 3),
-        )
-    return ws
+    local = gw.driver.local.get(conn.session_id)
+    if local is not None:
+        local.core.detach(conn.id)  # its answers in flight carry on into the session
+        gw.driver.release(local)
+    code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
+    gw.metrics.closes.labels(_close_label(code)).inc()
+    log_event(
+        gw.log,
+        "disconnect",
+        request_id=request[REQUEST_ID],
+        user=conn.user,
+        connection=conn.id,
+        session=conn.session_id,
+        close_code=code,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _close_label(code: int | None) -> str:
@@ -184,8 +215,39 @@ async def _store_ok(gw: Gateway) -> bool:
         return False
 
 
+def _metrics_refused(gw: Gateway, request: web.Request) -> web.Response | None:
+    """``metrics.token`` set: it is needed. Unset: open on a loopback bind (or with
+    ``metrics.public``), refused on any other bind (docs/security.md)."""
+    wanted = gw.settings.metrics.token
+    if wanted is None:
+        if gw.settings.metrics.public or is_loopback_host(gw.settings.server.host):
+            return None
+        return refusal(
+            gw, request, 403, "metrics_token_required", "set metrics.token to scrape this server"
+        )
+    given = request.headers.get(hdrs.AUTHORIZATION, "")
+    token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+    if not token:
+        return refusal(gw, request, 401, HandshakeError.MISSING_TOKEN, "send the metrics token")
+    if not hmac.compare_digest(token.encode(), wanted.get_secret_value().encode()):
+        return refusal(gw, request, 401, HandshakeError.INVALID_TOKEN, "wrong metrics token")
+    return None
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    refused = _metrics_refused(gw, request)
+    if refused is not None:
+        return refused
     body = gw.metrics.render()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
@@ -193,20 +255,59 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    page = resources.files("qa_ws_cli.server.web").joinpath("index.html").read_text("utf-8")
-    return web.Response(
-        text=page, content_type="text/html", headers={"Content-Security-Policy": _CSP}
-    )
+    return respond(request, request.app[ASSETS].page, {"Content-Security-Policy": PAGE_CSP})
+
+
+async def static(request: web.Request) -> web.Response:
+    """The page's scripts, styles and vendored libraries; any other name is a plain 404."""
+    asset = request.app[ASSETS].files.get(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound(text="not found")
+    return respond(request, asset, {})
+
+
+def _bad_body(detail: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": "invalid_json", "detail": detail}, status=status)
+
+
+async def _json_body(request: web.Request, timeout_s: float) -> object:
+    """The body as JSON, or ``_BodyError`` with the answer to send: a bounded read, a known
+    charset, a depth and number size Python can parse (never a 500)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise _BodyError(_bad_body("the body did not arrive in time", 408)) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _BodyError(_bad_body("the body is too large", 413)) from None
+    try:
+        text = raw.decode(request.charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        raise _BodyError(_bad_body("the body must be JSON in a known charset")) from None
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        raise _BodyError(_bad_body("the body must be JSON")) from None
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > MAX_JSON_DIGITS:
+        raise ValueError("number too long")
+    return int(digits)
+
+
+class _BodyError(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 async def admin_broadcast(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return web.json_response(
-            {"error": "invalid_json", "detail": "the body must be JSON"}, status=400
-        )
+        body = await _json_body(request, gw.settings.server.handshake_timeout_s)
+    except _BodyError as exc:
+        return exc.response
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip() or len(message) > 4000:
         return web.json_response(

@@ -8,3 +8,4 @@ from qa_ws_cli.auth.tokens import Claims
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLAIMS = web.RequestKey("claims", Claims)
+SLOT = web.RequestKey("slot", str)  # the per-user connection slot held in the store

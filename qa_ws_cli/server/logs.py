@@ -1,11 +1,15 @@
 """Structured logs: one line per connect, disconnect and chat; JSON or console; no tokens.
 
 Fields travel in ``extra={"fields": {...}}``. Tokens never reach a log call, and the access
-log prints the path with ``token=`` redacted (the protocol's last-resort carrier).
+log prints the path with ``token=`` redacted (the protocol's last-resort carrier). The console
+format escapes every control character (C0, DEL, C1) in the message and each value, so what a
+client sends (a path, a ``sub``) can neither start a forged line nor drive the terminal; JSON
+escapes them by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -20,7 +24,17 @@ from qa_ws_cli.config import LoggingSettings
 from qa_ws_cli.protocol.events import utc_timestamp
 from qa_ws_cli.server.keys import REQUEST_ID
 
-_TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.IGNORECASE)
+# the value ends at the next parameter, or at the end of the path inside a log line
+_TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """``\\n``, ``\\r``, ``\\t`` and ``\\xNN`` for every C0/C1 control and DEL."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
+
+
 _JWT_RE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 
@@ -59,8 +73,11 @@ class ConsoleFormatter(logging.Formatter):
         if second != self._second:  # one strftime a second, not one a line
             self._second, self._stamp = second, time.strftime("%H:%M:%S", time.localtime(second))
         stamp = self._stamp
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+        fields = " ".join(
+            f"{k}={escape_controls(str(v))}" for k, v in getattr(record, "fields", {}).items()
+        )
+        message = escape_controls(record.getMessage())
+        line = f"{stamp} {record.levelname:<7} {message} {fields}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return redact(line)
@@ -83,6 +100,44 @@ def configure_logging(settings: LoggingSettings) -> None:
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})
+
+
+class RateLimitedLog:
+    """One event logged at most once a second: the first at once, the rest counted and
+    reported (``count=``) by one line when the second is over."""
+
+    def __init__(self, logger: logging.Logger, event: str, level: int = logging.WARNING) -> None:
+        self.logger = logger
+        self.event = event
+        self.level = level
+        self.total = 0
+        self._window_end = 0.0
+        self._pending = 0
+        self._last: dict[str, Any] = {}
+        self._flush: asyncio.TimerHandle | None = None
+
+    def hit(self, **fields: Any) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now >= self._window_end and self._flush is None:
+            self._window_end = now + 1.0
+            log_event(self.logger, self.event, self.level, count=1, **fields)
+            return
+        self._pending += 1
+        self._last = fields
+        if self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._flush = loop.call_at(loop.time() + max(0.0, self._window_end - now), self._report)
+
+    def _report(self) -> None:
+        self._flush = None
+        if self._pending:
+            count, self._pending = self._pending, 0
+            self._window_end = time.monotonic() + 1.0
+            log_event(self.logger, self.event, self.level, count=count, **self._last)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -20,11 +21,14 @@ from qa_ws_cli.auth.tokens import Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
+from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 
 WS_PATH = "/ws"
 ADMIN_PREFIX = "/admin/"
+FILES_PATH = "/files"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (uuid4().hex)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("qa_ws.server")
 
@@ -50,8 +54,29 @@ def refusal(
     return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response the app prepares (``on_response_prepare``): no version in ``Server``,
+    no MIME sniffing, no referrer. (Requests aiohttp cannot parse get the same from the guard.)"""
+    response.headers[hdrs.SERVER] = SERVER_HEADER
+    response.headers.setdefault(hdrs.X_CONTENT_TYPE_OPTIONS, "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
 def _guarded(path: str) -> bool:
-    return path == WS_PATH or path.startswith(ADMIN_PREFIX)
+    return (
+        path in (WS_PATH, FILES_PATH)
+        or path.startswith(ADMIN_PREFIX)
+        or path.startswith(FILES_PATH + "/")
+    )
+
+
+def _signed_file_url(request: web.Request) -> bool:
+    """A ``GET /files/{id}`` that carries its own signature (checked by the handler)."""
+    return (
+        request.method == hdrs.METH_GET
+        and request.path.startswith(FILES_PATH + "/")
+        and ("sig" in request.query or "exp" in request.query)
+    )
 
 
 def request_id_middleware() -> Middleware:
@@ -100,6 +125,34 @@ def _looks_like_ip(text: str) -> bool:
     return True
 
 
+def guard_middleware() -> Middleware:
+    """Tell the connection's guard (``server/guard.py``) that its first request arrived, and
+    from which address (resolved through ``trusted_proxies``); over the per-address cap: 429."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        over_cap = (
+            isinstance(protocol, GuardedHandler)
+            and not protocol.started
+            and not protocol.request_started(request.remote)
+        )
+        if over_cap and isinstance(protocol, GuardedHandler):
+            response = refusal(
+                request.app[GATEWAY],
+                request,
+                429,
+                HandshakeError.TOO_MANY_CONNECTIONS,
+                f"at most {protocol.guard.max_per_ip} connections per client address",
+                {hdrs.RETRY_AFTER: "5"},
+            )
+            response.force_close()
+            return response
+        return await handler(request)
+
+    return middleware
+
+
 def origin_middleware() -> Middleware:
     """Exact match against the gateway's allowlist (the config's, plus its own page's origins)."""
 
@@ -135,13 +188,13 @@ def bearer_token(request: web.Request) -> str | None:
 def auth_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _guarded(request.path):
+        if not _guarded(request.path) or _signed_file_url(request):
             return await handler(request)
         gw = request.app[GATEWAY]
         needed = "admin" if request.path.startswith(ADMIN_PREFIX) else "chat"
         if gw.verifier is None:
             request[CLAIMS] = Claims(
-                sub=f"anonymous@{request.remote}",
+                sub=await _anonymous_user(gw, request),
                 exp=float("inf"),
                 iat=0.0,
                 jti=None,
@@ -172,7 +225,7 @@ def auth_middleware() -> Middleware:
             claims = await gw.verifier.averify(token)
         except AuthError as exc:
             return refusal(gw, request, 401, exc.code, exc.message, challenge)
-        if gw.revocations.is_revoked(claims.jti):
+        if gw.revocations.is_revoked(claims.jti, claims.sub, claims.iat):
             return refusal(
                 gw,
                 request,
@@ -195,6 +248,21 @@ def auth_middleware() -> Middleware:
     return middleware
 
 
+async def _anonymous_user(gw: Gateway, request: web.Request) -> str:
+    """Without authentication each connection is its own user, ``anon-<random>``; resuming a
+    session (on any instance) makes it that session's user again: the session id is the only
+    credential."""
+    session_id = request.query.get("session_id")
+    if session_id and request.path == WS_PATH and _SESSION_ID.fullmatch(session_id):
+        try:
+            record = await gw.store.resume(session_id, -1)
+        except Exception:  # a store that fails means a fresh anonymous user, never a 500
+            record = None
+        if record is not None and record.user.startswith("anon-"):
+            return record.user
+    return f"anon-{secrets.token_hex(8)}"
+
+
 def caps_middleware() -> Middleware:
     """Draining and connection caps: a slot is held for the whole life of a connection."""
 
@@ -212,29 +280,40 @@ def caps_middleware() -> Middleware:
                 "the server is shutting down; reconnect shortly",
                 {hdrs.RETRY_AFTER: str(max(1, gw.settings.shutdown.reconnect_after_ms // 1000))},
             )
-        user = request[CLAIMS].sub
-        refused = gw.connections.reserve(user)
-        if refused == HandshakeError.SERVER_FULL:
+        if not gw.connections.reserve():
             return refusal(
                 gw,
                 request,
                 503,
-                refused,
+                HandshakeError.SERVER_FULL,
                 "the server is at its connection limit",
                 {hdrs.RETRY_AFTER: "5"},
             )
-        if refused is not None:
-            return refusal(
-                gw,
-                request,
-                429,
-                refused,
-                f"at most {gw.connections.max_per_user} connections per user",
-                {hdrs.RETRY_AFTER: "5"},
-            )
         try:
-            return await handler(request)
+            return await _with_user_slot(gw, request, handler)
         finally:
-            gw.connections.release(user)
+            gw.connections.release()
 
     return middleware
+
+
+async def _with_user_slot(
+    gw: Gateway, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """The per-user cap counts this user's connections on every instance (through the store)."""
+    user, key = request[CLAIMS].sub, f"{gw.instance}:{uuid.uuid4().hex[:12]}"
+    max_per_user = gw.settings.server.max_connections_per_user
+    if not await gw.store.reserve_connection(user, key, max_per_user):
+        return refusal(
+            gw,
+            request,
+            429,
+            HandshakeError.TOO_MANY_CONNECTIONS,
+            f"at most {max_per_user} connections per user",
+            {hdrs.RETRY_AFTER: "5"},
+        )
+    request[SLOT] = key
+    try:
+        return await handler(request)
+    finally:
+        await gw.store.release_connection(user, key)

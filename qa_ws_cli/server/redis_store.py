@@ -1,19 +1,20 @@
 """The store for several instances behind one load balancer: Redis holds what they share.
 
-Rate-limit counters live in Redis through ``limits``' own async Redis storage (redis-py
-asyncio), so a user's budget is one budget whichever instance a message lands on.
+- Sessions are written through as they change (``redis_sessions.py``): any instance resumes any
+  session, with no sticky routing and no drain needed.
+- Rate-limit counters live in Redis through ``limits``' own async Redis storage.
+- Per-user connection slots are a sorted set per user, each slot a lease its instance renews,
+  so the cap counts every instance and a crashed instance's slots come back by themselves.
+- Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
+  connections received it, so ``delivered_to`` is the cluster's), frames published into a
+  session whose connection is on another instance, and relayed cancels.
 
-Broadcasts go through Redis pub/sub. The instance that takes ``POST /admin/broadcast``
-delivers to its own connections at once and PUBLISHes an envelope tagged with its instance
-id; every other instance's subscriber delivers it to theirs, and each instance ignores its
-own envelopes when they come back. So ``broadcast`` returns the number of connections *this*
-instance delivered to: the other instances' counts are not known to the publisher (PUBLISH's
-answer counts subscribed instances, not connections).
-
-Redis being down must never take the gateway down: ``ping`` (``/readyz``) says false, the
-rate limiter fails open (see ``RateLimiter.hit``), a broadcast still reaches this instance's
-connections, and the subscriber reconnects with backoff, logging once per outage. Broadcasts
-published while an instance's subscriber is disconnected do not reach that instance.
+Redis being away never takes the gateway down. Every call fails fast (short timeouts, one
+retry); the first failure logs one warning and for ``RETRY_S`` every call goes straight to
+this instance's memory instead (``MemoryStore``): sessions live on here, claims are local,
+the rate limiter fails open, broadcasts reach local connections. When a call succeeds again,
+one line says so and writes go through again. What happened meanwhile stays on this instance:
+docs/protocol.md ("Redis outages") says exactly what that means for clients.
 """
 
 from __future__ import annotations
@@ -24,26 +25,44 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from limits.aio.storage import RedisStorage, Storage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
-from qa_ws_cli.config import store_scheme_problem
+from qa_ws_cli.config import SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
-from qa_ws_cli.server.store import BroadcastHandler, SessionSnapshot, Store
+from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
+from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
+from qa_ws_cli.server.session_core import ClaimResult, Publish
+from qa_ws_cli.server.session_store import ResumeRecord
+from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
 
-CHANNEL = "qa-ws:broadcast"
+CHANNEL = "qa-ws:cluster"
 KEY_PREFIX = "qa-ws:limits"
-SESSION_PREFIX = "qa-ws:session"  # sessions handed over by a draining instance
+SLOTS_PREFIX = "qa-ws:conns:"
+SLOT_LEASE_S = 30.0  # renewed every housekeeping round trip of CONNECTION_RENEW_S
+RETRY_S = 1.0  # after a failure, calls skip Redis this long
+ACK_WAIT_S = 1.0  # how long a broadcast waits for the other instances' counts
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 HEALTH_CHECK_S = 5.0  # the subscriber pings this often; silence past twice that: reconnect
 
+_RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+
 log = logging.getLogger("qa_ws.server")
+T = TypeVar("T")
+_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def check_store_url(url: str) -> str:
@@ -54,7 +73,7 @@ def check_store_url(url: str) -> str:
     return url
 
 
-class RedisStore(Store):
+class RedisStore(RedisSessionStore, Store):
     name = "redis"
 
     def __init__(
@@ -78,9 +97,10 @@ class RedisStore(Store):
             "socket_timeout": timeout_s,
             "retry": Retry(NoBackoff(), 1),
         }
-        self._redis = aioredis.Redis.from_url(url, **fast)
-        shared: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
+        super().__init__(aioredis.Redis.from_url(url, **fast))
+        self._redis = self.client
         limits_uri = "async+redis+unix" + url[4:] if url.startswith("unix") else "async+" + url
+        shared: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
         self._limits = RedisStorage(
             limits_uri,
             implementation="redispy",
@@ -88,22 +108,36 @@ class RedisStore(Store):
             key_prefix=key_prefix,
             **shared,  # one connection pool for both clients, closed with ``_redis``
         )
+        self._reserve = self._redis.register_script(_RESERVE)
         # Its own client and connection: the subscription holds one for good.
         self._sub = aioredis.Redis.from_url(url, **fast)
-        self._handlers: list[BroadcastHandler] = []
+        self._peers: list[ClusterPeer] = []
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self.local = MemoryStore()  # what serves while Redis is away
+        self._down_until = 0.0
+        self._down = False
+
+    def configure(self, settings: SessionSettings) -> None:
+        super().configure(settings)
+        self.local.configure(settings)
 
     @property
     def subscribed(self) -> bool:
-        """True while the subscription to other instances' broadcasts is live."""
+        """True while the subscription to the other instances is live."""
         return self._subscribed.is_set()
+
+    @property
+    def available(self) -> bool:
+        """False from a failed call until a call succeeds again."""
+        return not self._down
 
     def limit_storage(self) -> Storage:
         return self._limits
 
-    def on_broadcast(self, handler: BroadcastHandler) -> None:
-        self._handlers.append(handler)
+    def attach_peer(self, peer: ClusterPeer) -> None:
+        self._peers.append(peer)
+        self.local.attach_peer(peer)
 
     async def start(self) -> None:
         """Start the subscriber; wait briefly for it so early broadcasts are not missed."""
@@ -112,58 +146,236 @@ class RedisStore(Store):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), self.timeout_s)
 
-    async def broadcast(self, message: str) -> int:
-        """Deliver here, then publish to the other instances; returns this instance's count."""
-        delivered = await self._deliver(message)
-        envelope = json.dumps({"v": 1, "origin": self.instance, "message": message})
-        try:
-            await self._redis.publish(self.channel, envelope)
-        except Exception as exc:  # the local delivery stands; the others miss this one
-            log.warning("broadcast not published to the other instances: %s", exc)
-        return delivered
+    # -- every call: Redis, or this instance's memory while Redis is away --------------------------
 
-    async def save_sessions(self, snapshots: Sequence[SessionSnapshot], ttl_s: float) -> int:
-        if not snapshots:
-            return 0
+    async def _guarded(
+        self, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._down and time.monotonic() < self._down_until:
+            return await fallback()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for snapshot in snapshots:
-                    pipe.set(
-                        self._session_key(snapshot["id"]),
-                        json.dumps(snapshot),
-                        ex=max(1, int(ttl_s)),
-                    )
-                await pipe.execute()
-        except Exception as exc:  # a drain must finish even when Redis is away
-            log.warning("sessions not handed over (they cannot be resumed elsewhere): %s", exc)
-            return 0
-        return len(snapshots)
+            result = await call()
+        except _FAILURES as exc:
+            self._down_until = time.monotonic() + RETRY_S
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "Redis unavailable (%s): serving from this instance's memory until it is back",
+                    type(exc).__name__,
+                )
+            return await fallback()
+        if self._down:
+            self._restored()
+        return result
 
-    async def take_session(self, session_id: str) -> SessionSnapshot | None:
-        try:
-            raw = await self._redis.getdel(self._session_key(session_id))
-        except Exception as exc:
-            log.warning("session hand-over unavailable: %s", exc)
-            return None
-        if raw is None:
-            return None
-        try:
-            snapshot: SessionSnapshot = json.loads(raw)
-        except ValueError:
-            return None
-        return snapshot
+    def _restored(self) -> None:
+        self._down = False
+        self._down_until = 0.0
+        log.info("Redis available again: writing through to it")
 
-    def _session_key(self, session_id: str) -> str:
-        return f"{SESSION_PREFIX}:{session_id}"
+    async def create(self, session_id: str, user: str) -> None:
+        await self._guarded(
+            lambda: RedisSessionStore.create(self, session_id, user),
+            lambda: self.local.create(session_id, user),
+        )
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._redis.ping(), self.timeout_s))
-        except Exception:
-            return False
+    async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
+        return await self._guarded(
+            lambda: RedisSessionStore.resume(self, session_id, last_seq),
+            lambda: self.local.resume(session_id, last_seq),
+        )
+
+    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+        return await self._guarded(
+            lambda: RedisSessionStore.claim(self, session_id, chat_id, instance),
+            lambda: self.local.claim(session_id, chat_id, instance),
+        )
+
+    async def append(
+        self, session_id: str, user: str, event: Publish, min_seq: int = 0
+    ) -> tuple[int, str] | None:
+        return await self._guarded(
+            lambda: RedisSessionStore.append(self, session_id, user, event, min_seq),
+            lambda: self.local.append(session_id, user, event, min_seq),
+        )
+
+    async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
+        return await self._guarded(
+            lambda: RedisSessionStore.frames_after(self, session_id, seq),
+            lambda: self.local.frames_after(session_id, seq),
+        )
+
+    async def renew(self, claims: Iterable[tuple[str, str]], instance: str) -> None:
+        held = list(claims)
+        await self._guarded(
+            lambda: RedisSessionStore.renew(self, held, instance),
+            lambda: self.local.renew(held, instance),
+        )
+
+    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+        ids = list(chat_ids)
+        return await self._guarded(
+            lambda: RedisSessionStore.lapsed(self, session_id, ids),
+            lambda: self.local.lapsed(session_id, ids),
+        )
+
+    async def touch(self, session_ids: Iterable[str]) -> None:
+        ids = list(session_ids)
+        await self._guarded(
+            lambda: RedisSessionStore.touch(self, ids), lambda: self.local.touch(ids)
+        )
+
+    def expired_sessions(self) -> list[str]:
+        return self.local.expired_sessions()
 
     def prune(self) -> int:
-        return 0  # Redis expires the counters itself
+        return self.local.prune()  # Redis expires its keys itself
+
+    # -- connection slots ----------------------------------------------------------------------
+
+    async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
+        async def in_redis() -> bool:
+            now_ms = int(time.time() * 1000)
+            until = now_ms + int(SLOT_LEASE_S * 1000)
+            ok = await self._reserve(
+                keys=[SLOTS_PREFIX + user], args=[now_ms, until, max_per_user, key]
+            )
+            return bool(ok)
+
+        return await self._guarded(
+            in_redis, lambda: self.local.reserve_connection(user, key, max_per_user)
+        )
+
+    async def release_connection(self, user: str, key: str) -> None:
+        await self.local.release_connection(user, key)
+        with contextlib.suppress(*_FAILURES):  # else its lease lapses by itself
+            if not self._down:
+                await self._redis.zrem(SLOTS_PREFIX + user, key)
+
+    async def renew_connections(self, slots: Iterable[tuple[str, str]]) -> None:
+        held = list(slots)
+        if not held or self._down:
+            return
+        until = int((time.time() + SLOT_LEASE_S) * 1000)
+        with contextlib.suppress(*_FAILURES):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user, key in held:
+                    pipe.zadd(SLOTS_PREFIX + user, {key: until}, xx=True)
+                    pipe.pexpireat(SLOTS_PREFIX + user, until)
+                await pipe.execute()
+
+    # -- revocations -----------------------------------------------------------------------------
+
+    async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """Both revocation hashes (``redis_revocations.py``); expired entries are dropped."""
+        if self._down:
+            return None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(IDS_KEY)
+                pipe.hgetall(SUBJECTS_KEY)
+                ids, subjects = await pipe.execute()
+        except _FAILURES:
+            return None
+        live_ids, live_subjects = parse_revocations(ids, subjects)
+        gone_ids = [k for k in ids if as_text(k) not in live_ids]
+        gone_subjects = [k for k in subjects if as_text(k) not in live_subjects]
+        with contextlib.suppress(*_FAILURES):
+            if gone_ids:
+                await self._redis.hdel(IDS_KEY, *gone_ids)
+            if gone_subjects:
+                await self._redis.hdel(SUBJECTS_KEY, *gone_subjects)
+        return live_ids, live_subjects
+
+    # -- instances talking to each other ---------------------------------------------------------
+
+    async def _send(self, kind: str, **fields: Any) -> int:
+        """Publish a message to the other instances; returns how many instances heard it."""
+        envelope = json.dumps({"v": 2, "k": kind, "o": self.instance, **fields})
+        try:
+            return int(await self._redis.publish(self.channel, envelope))
+        except _FAILURES as exc:
+            log.warning("not published to the other instances (%s)", type(exc).__name__)
+            return 0
+
+    async def broadcast(self, message: str) -> int:
+        """Deliver here, publish, and add the counts the other instances send back."""
+        delivered = 0
+        for peer in self._peers:
+            delivered += await peer.deliver_broadcast(message)
+        ack = f"qa-ws:ack:{uuid.uuid4().hex}"
+        heard = await self._send("broadcast", m=message, ack=ack)
+        others = heard - 1 if self.subscribed else heard  # our own subscriber hears it too
+        return delivered + await self._acks(ack, others)
+
+    async def _acks(self, ack: str, expected: int) -> int:
+        deadline = time.monotonic() + ACK_WAIT_S
+        counts: list[bytes | str] = []
+        with contextlib.suppress(*_FAILURES):
+            while expected > 0:
+                counts = await self._redis.lrange(ack, 0, -1)
+                if len(counts) >= expected or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            await self._redis.delete(ack)
+        return sum(int(c) for c in counts)
+
+    async def publish_frame(
+        self, session_id: str, seq: int, frame: str, reply_to: str | None
+    ) -> None:
+        if not self._down:
+            await self._send("frame", s=session_id, q=seq, r=reply_to, f=frame)
+
+    async def relay_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
+        await self._send("cancel", s=session_id, t=target, i=cancel_id)
+
+    async def _on_message(self, data: bytes | str) -> None:
+        try:
+            msg = json.loads(data)
+            kind, origin = msg["k"], msg["o"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignored a malformed message on %s", self.channel)
+            return
+        if origin == self.instance:
+            return
+        try:
+            await self._dispatch(kind, msg)
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignored a malformed %r message on %s", str(kind)[:20], self.channel)
+        except Exception:  # a delivery bug must not end the subscription
+            log.exception("delivering a message from Redis failed")
+
+    async def _dispatch(self, kind: str, msg: dict[str, Any]) -> None:
+        if kind == "broadcast":
+            delivered = 0
+            for peer in self._peers:
+                delivered += await peer.deliver_broadcast(str(msg["m"]))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(str(msg["ack"]), delivered)
+                pipe.expire(str(msg["ack"]), 10)
+                await pipe.execute()
+        elif kind == "frame":
+            reply_to = msg["r"] if isinstance(msg["r"], str) else None
+            for peer in self._peers:
+                peer.deliver_frame(str(msg["s"]), int(msg["q"]), str(msg["f"]), reply_to)
+        elif kind == "cancel":
+            for peer in self._peers:
+                peer.deliver_cancel(str(msg["s"]), str(msg["t"]), str(msg["i"]))
+        elif kind == "revoke":
+            for peer in self._peers:
+                peer.deliver_revocation()
+
+    # -- health and lifetime -------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        """Redis answers (``/readyz`` asks); an answer ends an outage at once."""
+        try:
+            ok = bool(await asyncio.wait_for(self._redis.ping(), self.timeout_s))
+        except Exception:
+            return False
+        if ok and self._down:
+            self._restored()
+        return ok
 
     async def aclose(self) -> None:
         if self._listener is not None:
@@ -174,27 +386,6 @@ class RedisStore(Store):
         for client in (self._sub, self._redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
-
-    # -- internals ---------------------------------------------------------------------------
-
-    async def _deliver(self, message: str) -> int:
-        delivered = 0
-        for handler in self._handlers:
-            delivered += await handler(message)
-        return delivered
-
-    async def _on_message(self, data: bytes | str) -> None:
-        try:
-            envelope = json.loads(data)
-            origin, message = envelope["origin"], envelope["message"]
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignored a malformed message on %s", self.channel)
-            return
-        if origin != self.instance and isinstance(message, str):
-            try:
-                await self._deliver(message)
-            except Exception:  # a delivery bug must not end the subscription
-                log.exception("delivering a broadcast from Redis failed")
 
     async def _listen(self) -> None:
         """Subscribe, deliver, and on any failure reconnect with backoff, forever."""
@@ -215,7 +406,7 @@ class RedisStore(Store):
                             self._subscribed.set()
                             delay = BACKOFF_MIN_S
                             if down:
-                                log.info("broadcast subscription to Redis restored")
+                                log.info("subscription to the other instances restored")
                                 down = False
                         elif msg["type"] == "message":
                             await self._on_message(msg["data"])
@@ -230,7 +421,7 @@ class RedisStore(Store):
                 self._subscribed.clear()
                 if not down:
                     log.warning(
-                        "broadcast subscription to Redis unavailable (%s); retrying in the "
+                        "subscription to the other instances unavailable (%s); retrying in the "
                         "background",
                         exc,
                     )

@@ -18,6 +18,7 @@ from qa_ws_cli.config import Settings
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.app import create_app
 from qa_ws_cli.server.gateway import GATEWAY
+from qa_ws_cli.server.guard import ConnectionGuard, raise_open_files_limit
 from qa_ws_cli.server.logs import AccessLogger
 from qa_ws_cli.server.store import Store
 
@@ -88,24 +89,21 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` gets the ws:// or wss:// URL once listening."""
     tls = ssl_context(settings)
-    sockets = bind(settings.server.host, settings.server.port)
+    sockets = bind(settings.server.host, settings.server.port)  # before anything else starts
+    raise_open_files_limit()
     app = create_app(settings, agent, store)
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0,
+        app, handle_signals=False, shutdown_timeout=settings.shutdown.drain_timeout_s + 2.0
     )
     try:
-        await runner.setup()
-        for sock in sockets:
-            await web.SockSite(runner, sock, ssl_context=tls, backlog=BACKLOG).start()
+        listeners = await _listen(runner, settings, sockets, tls)
     except BaseException:
         for sock in sockets:
             sock.close()
         await runner.cleanup()
         raise
-    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    port = sockets[0].getsockname()[1]
     app[GATEWAY].allow_own_origins(port, tls is not None)
     url = f"{'wss' if tls else 'ws'}://{settings.server.host}:{port}/ws"
     stop = asyncio.Event()
@@ -121,7 +119,6 @@ async def serve(
             log.warning("second signal: stopping now")
             os._exit(130)
 
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     if on_ready is not None:
@@ -132,4 +129,30 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        for listener in listeners:
+            listener.close()  # stop accepting; runner.cleanup closes the connections
         await runner.cleanup()
+
+
+async def _listen(
+    runner: web.AppRunner,
+    settings: Settings,
+    sockets: list[socket.socket],
+    tls: ssl.SSLContext | None,
+) -> list[asyncio.Server]:
+    """Start the app and serve it on the bound sockets through the connection guard."""
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    guard = ConnectionGuard(settings.server)
+    loop.set_exception_handler(guard.exception_handler)
+    assert runner.server is not None
+    factory = guard.handler_factory(
+        runner.server,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access"),
+        keepalive_timeout=settings.server.keepalive_timeout_s,
+    )
+    # not web.TCPSite: its protocol factory cannot be chosen (see server/guard.py)
+    return [
+        await loop.create_server(factory, sock=sock, ssl=tls, backlog=BACKLOG) for sock in sockets
+    ]

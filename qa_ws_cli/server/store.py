@@ -1,5 +1,5 @@
-"""Shared state behind one small interface: rate-limit counters, broadcast fan-out, and the
-hand-over of sessions across a restart.
+"""Shared state behind one interface: sessions, rate-limit counters, per-user connection
+slots, and the messages instances send each other (broadcasts, session frames, cancels).
 
 ``MemoryStore`` is the embedded default (one process); ``RedisStore`` (``redis_store.py``)
 serves several instances. Nothing else knows which one runs.
@@ -7,19 +7,32 @@ serves several instances. Nothing else knows which one runs.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Protocol
 
 from limits.aio.storage import Storage
 
 from qa_ws_cli.server.limits import MemoryLimitStorage
-
-BroadcastHandler = Callable[[str], Awaitable[int]]
-SessionSnapshot = dict[str, Any]  # Session.snapshot(): JSON-safe, see sessions.py
+from qa_ws_cli.server.session_store import MemorySessionStore, SessionStore
 
 
-class Store(ABC):
+class ClusterPeer(Protocol):
+    """What a store delivers to this instance (the gateway implements it)."""
+
+    async def deliver_broadcast(self, message: str) -> int: ...
+
+    def deliver_frame(self, session_id: str, seq: int, frame: str, reply_to: str | None) -> None:
+        """A replayable frame another instance published into a session."""
+
+    def deliver_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
+        """A client's ``cancel``, relayed by the instance it is connected to."""
+
+    def deliver_revocation(self) -> None:
+        """Somebody revoked a token or a user: read the shared revocations again."""
+
+
+class Store(SessionStore):
     name: str
 
     @abstractmethod
@@ -27,28 +40,50 @@ class Store(ABC):
         """The ``limits`` storage the rate limiter counts in."""
 
     @abstractmethod
-    def on_broadcast(self, handler: BroadcastHandler) -> None:
-        """Register this instance's delivery of broadcasts (to its own connections)."""
+    def attach_peer(self, peer: ClusterPeer) -> None:
+        """Register this instance's deliveries (of broadcasts, frames, cancels)."""
 
     @abstractmethod
     async def broadcast(self, message: str) -> int:
-        """Fan a broadcast out to every instance; returns the count delivered (as known)."""
+        """Fan a broadcast out to every instance; returns how many connections received it."""
+
+    async def publish_frame(
+        self, session_id: str, seq: int, frame: str, reply_to: str | None
+    ) -> None:
+        """Offer a session's frame to the instance that holds its connection, if another."""
+        return None
+
+    async def relay_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
+        """Ask the instance running ``target`` to stop it."""
+        return None
+
+    async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """Revocations shared by every instance (jti -> exp, sub -> before); None: not kept
+        here (the revocation list file is the only one)."""
+        return None
+
+    @abstractmethod
+    async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
+        """Take one of ``user``'s connection slots (across instances); False when all are held."""
+
+    @abstractmethod
+    async def release_connection(self, user: str, key: str) -> None: ...
+
+    async def renew_connections(self, slots: Iterable[tuple[str, str]]) -> None:
+        """Keep this instance's slots held (a crashed instance's slots come back by themselves)."""
+        return None
 
     async def start(self) -> None:
         """Open what needs the running loop (a subscriber task); called once at app startup."""
         return None
 
-    async def ping(self) -> bool:
+    @property
+    def available(self) -> bool:
+        """False while the store is unreachable and this instance serves from its memory."""
         return True
 
-    async def save_sessions(self, snapshots: Sequence[SessionSnapshot], ttl_s: float) -> int:
-        """Keep sessions past this process (on a drain) for an instance that starts later;
-        returns how many were kept. In memory nothing outlives the process."""
-        return 0
-
-    async def take_session(self, session_id: str) -> SessionSnapshot | None:
-        """A kept session, handed over once (so two instances cannot both resume it)."""
-        return None
+    async def ping(self) -> bool:
+        return True
 
     def prune(self) -> int:
         """Drop state of users who left; returns how many entries went."""
@@ -58,24 +93,46 @@ class Store(ABC):
         return None
 
 
-class MemoryStore(Store):
+class MemoryStore(MemorySessionStore, Store):
     name = "memory"
 
     def __init__(self) -> None:
+        super().__init__()
         self._limits = MemoryLimitStorage()
-        self._handlers: list[BroadcastHandler] = []
+        self._peers: list[ClusterPeer] = []
+        self._slots: dict[str, set[str]] = {}
 
     def limit_storage(self) -> MemoryLimitStorage:
         return self._limits
 
-    def on_broadcast(self, handler: BroadcastHandler) -> None:
-        self._handlers.append(handler)
+    def attach_peer(self, peer: ClusterPeer) -> None:
+        self._peers.append(peer)
 
     async def broadcast(self, message: str) -> int:
         delivered = 0
-        for handler in self._handlers:
-            delivered += await handler(message)
+        for peer in self._peers:
+            delivered += await peer.deliver_broadcast(message)
         return delivered
 
+    async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
+        held = self._slots.setdefault(user, set())
+        if len(held) >= max_per_user:
+            if not held:
+                del self._slots[user]
+            return False
+        held.add(key)
+        return True
+
+    async def release_connection(self, user: str, key: str) -> None:
+        held = self._slots.get(user)
+        if held is not None:
+            held.discard(key)
+            if not held:
+                del self._slots[user]
+
+    def users(self) -> int:
+        """How many distinct users hold a connection slot."""
+        return len(self._slots)
+
     def prune(self) -> int:
-        return self._limits.prune()
+        return self._limits.prune() + self.sweep()

@@ -222,3 +222,95 @@ def openai_stream(deltas: list[str], *, done: bool = True) -> bytes:
     if done:
         parts.append(b"data: [DONE]\n\n")
     return b"".join(parts)
+
+
+# --- a model that calls a tool, as an OpenAI-compatible server writes it --------------------
+
+
+def openai_tool_call(call_id: str, name: str, arguments: str) -> bytes:
+    """A streamed tool call: the name first, the arguments in two pieces, then the finish."""
+    half = len(arguments) // 2
+    first = {"index": 0, "id": call_id, "type": "function"}
+    first["function"] = {"name": name, "arguments": ""}  # type: ignore[assignment]
+    pieces = [
+        {"role": "assistant", "content": None, "tool_calls": [first]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+    ]
+    chunks = []
+    for delta in pieces:
+        body = {
+            "id": "chatcmpl-7",
+            "object": "chat.completion.chunk",
+            "created": 1757348314,
+            "model": "qa-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        chunks.append(b"data: " + json.dumps(body).encode() + b"\n\n")
+    end = {
+        "id": "chatcmpl-7",
+        "object": "chat.completion.chunk",
+        "created": 1757348314,
+        "model": "qa-model",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+    }
+    chunks.append(b"data: " + json.dumps(end).encode() + b"\n\n")
+    chunks.append(b"data: [DONE]\n\n")
+    return b"".join(chunks)
+
+
+@dataclass
+class ModelCall:
+    """What the stand-in model saw in one request."""
+
+    body: dict[str, Any]
+    saw_image: bool
+    texts: list[str]
+    tool_results: list[str]
+
+
+@dataclass
+class ToolModel:
+    """An OpenAI-compatible model: with tools offered and no tool result yet, it calls
+    ``lookup_test_plan`` (``feature`` "slow" when the question says so, else "login");
+    otherwise it answers, saying whether the user's message held an image part."""
+
+    calls: list[ModelCall] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "qa-model"}]})
+
+    def _read(self, body: dict[str, Any]) -> ModelCall:
+        saw_image, texts, results = False, [], []
+        for message in body.get("messages", []):
+            content = message.get("content")
+            if message.get("role") == "tool":
+                results.append(str(content))
+            elif message.get("role") == "user" and isinstance(content, list):
+                for part in content:
+                    saw_image = saw_image or part.get("type") == "image_url"
+                    if part.get("type") == "text":
+                        texts.append(part["text"])
+            elif message.get("role") == "user" and isinstance(content, str):
+                texts.append(content)
+        return ModelCall(body, saw_image, texts, results)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        call = self._read(await request.json())
+        self.calls.append(call)
+        if call.body.get("tools") and not call.tool_results:
+            feature = "slow" if any("slow" in text for text in call.texts) else "login"
+            arguments = json.dumps({"feature": feature})
+            return await stream_all(
+                request, openai_tool_call("call_1", "lookup_test_plan", arguments)
+            )
+        seen = "yes" if call.saw_image else "no"
+        result = call.tool_results[-1] if call.tool_results else "no tool"
+        deltas = ["Here is ", "the plan. ", f"Tool said: {result}. ", f"Image seen: {seen}."]
+        return await stream_all(request, openai_stream(deltas))

@@ -511,7 +511,7 @@ def test_spec_parsing() -> None:
     assert (str(base), kind, component) == ("http://agents.local:7777/api/v1", "teams", "t-1")
     agent = AgnoAgent(base=base, kind=kind, component_id=component, settings=agent_settings())
     assert str(agent.runs_url) == "http://agents.local:7777/api/v1/teams/t-1/runs"
-    assert agent.completed_event == "TeamRunCompleted"
+    assert agent.prefix == "Team"
     loaded = load_agent(agent_settings(spec="agno+https://os.example:443/agents/qa"))
     assert isinstance(loaded, BoundedAgent)
     assert isinstance(loaded.inner, AgnoAgent)

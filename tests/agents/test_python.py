@@ -11,6 +11,7 @@ import pytest
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.agents.builtin import EchoAgent
+from qa_ws_cli.agents.events import Attachment, Reasoning, ToolFinished, ToolStarted
 from qa_ws_cli.agents.python import PythonAgent, create
 from qa_ws_cli.agents.registry import load_agent
 from qa_ws_cli.errors import AgentBusy, AgentError, AgentTimeout, ConfigError
@@ -387,3 +388,47 @@ def test_target_or_build_not_both() -> None:
         PythonAgent(PlanAgent(), build=make)
     with pytest.raises(ValueError, match="not both"):
         PythonAgent()
+
+
+class ToolUser:
+    """Yields typed events between its text, reads its attachments, and can be cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[object]:
+        names = ", ".join(f"{a.name} ({a.mime}, {len(a.data)} B)" for a in context.attachments)
+        yield ToolStarted("t1", "read_files", {"count": len(context.attachments)})
+        yield ToolFinished("t1", "read_files", names, 3.0)
+        yield Reasoning("the files look fine")
+        yield f"I read: {names}"
+        yield Attachment("summary.txt", "text/plain", b"all good")
+
+    async def cancel(self, context: ChatContext) -> bool:
+        self.cancelled.append(context.message_id)
+        return True
+
+
+tool_user = ToolUser()
+
+
+async def test_typed_events_and_attachments_pass_through() -> None:
+    agent = build("tool_user")
+    ctx = ChatContext(
+        session_id="s",
+        user="alice",
+        message_id="m-7",
+        attachments=(Attachment("shot.png", "image/png", b"\x89PNG"),),
+    )
+    items = [item async for item in agent.events("look", ctx)]
+    assert items == [
+        ToolStarted("t1", "read_files", {"count": 1}),
+        ToolFinished("t1", "read_files", "shot.png (image/png, 4 B)", 3.0),
+        Reasoning("the files look fine"),
+        "I read: shot.png (image/png, 4 B)",
+        Attachment("summary.txt", "text/plain", b"all good"),
+    ]
+    assert await answer(agent) == ["I read: "]  # the text path sees only text
+    assert await agent.cancel(ctx) is True
+    assert tool_user.cancelled == ["m-7"]
+    assert await build("plan_agent").cancel(ctx) is False  # no cancel hook: nothing to stop

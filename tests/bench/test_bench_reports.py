@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from qa_ws_cli.bench.baseline import SCHEMA
 from qa_ws_cli.bench.gates import BenchResult, Thresholds, evaluate
 from qa_ws_cli.bench.reports import (
-    SCHEMA,
     build_report,
     format_value,
     render_console,
@@ -55,6 +55,8 @@ def test_json_report_schema(tmp_path: Path) -> None:
         "connections",
         "throughput",
         "errors",
+        "streaming",
+        "reconnect",
         "generator",
         "gates",
     }

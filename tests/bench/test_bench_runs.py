@@ -20,7 +20,8 @@ import typer
 from typer.testing import CliRunner
 
 from qa_ws_cli.auth.tokens import issue_token
-from qa_ws_cli.bench.gates import BenchResult
+from qa_ws_cli.bench.gates import BenchResult, Thresholds
+from qa_ws_cli.bench.outcome import ReportPaths
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions
 from qa_ws_cli.cli import bench as bench_cli
 from qa_ws_cli.cli.main import app
@@ -63,7 +64,10 @@ def test_the_cli_process_never_imports_locust_or_gevent() -> None:
     ("args", "message"),
     [
         (["--users", "0"], "--users must be at least 1"),
-        (["--scenario", "stampede"], "--scenario must be one of chat, idle, burst, churn"),
+        (
+            ["--scenario", "stampede"],
+            "--scenario must be one of chat, idle, burst, churn, reconnect",
+        ),
         (["--duration", "soon"], "--duration"),
         (["--duration", "0s"], "--duration must be more than 0"),
         (["--serve", "--url", "ws://127.0.0.1:1/ws"], "exclude each other"),
@@ -117,13 +121,13 @@ def test_a_short_chat_run_passes_and_writes_every_report(tmp_path: Path) -> None
         "20",
         "--duration",
         "4s",
-        "--json",
+        "--report-json",
         str(out / "bench.json"),
-        "--csv",
+        "--report-csv",
         str(out / "csv" / "bench"),
-        "--html",
+        "--report-html",
         str(out / "bench.html"),
-        "--junit",
+        "--report-junit",
         str(out / "bench.xml"),
     )
     assert result.exit_code == 0, result.output
@@ -136,10 +140,12 @@ def test_a_short_chat_run_passes_and_writes_every_report(tmp_path: Path) -> None
     assert data["errors"]["total"] == 0 and data["throughput"]["answers"] >= 20
     assert data["generator"]["all_reports_received"] is True
     assert [g["passed"] for g in data["gates"]] == [True, True, True]
+    assert f"report: {out / 'bench.json'}" in result.output.replace("\n", "")
     cases = ET.parse(out / "bench.xml").getroot().findall("./testsuite/testcase")
     assert len(cases) == 3 and all(c.find("failure") is None for c in cases)
     html = (out / "bench.html").read_text()
-    assert "Locust" in html and "templateArgs" in html and '"name": "chat"' in html
+    assert html.index("PASS: qa-ws bench chat") < html.index("Gates") < html.index("srcdoc=")
+    assert "templateArgs" in html and "&quot;name&quot;: &quot;chat&quot;" in html
     csv_names = sorted(p.name for p in (out / "csv").iterdir())
     assert csv_names == [
         "bench_errors.csv",
@@ -171,9 +177,9 @@ def test_a_slow_agent_fails_the_p95_gate_with_exit_1(tmp_path: Path) -> None:
         "3s",
         "--max-p95-ms",
         "500",
-        "--json",
+        "--report-json",
         str(tmp_path / "slow.json"),
-        "--junit",
+        "--report-junit",
         str(tmp_path / "slow.xml"),
     )
     assert result.exit_code == 1, result.output
@@ -199,7 +205,7 @@ def test_other_scenarios(scenario: str, tmp_path: Path) -> None:
         "10",
         "--duration",
         "2.5s" if scenario == "churn" else "1.5s",  # churn: time for users to come back
-        "--json",
+        "--report-json",
         str(out),
         *extra,
     )
@@ -230,7 +236,7 @@ def test_processes_split_the_users_and_still_gate_on_all_raw_samples(tmp_path: P
         "3s",
         "--processes",
         "2",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 0, result.output
@@ -384,7 +390,7 @@ def test_the_load_process_gives_up_when_no_user_can_connect(tmp_path: Path) -> N
     assert result.unreachable and result.errors_by_code["connect_refused"] >= 3
     assert "connect_refused" in (result.first_connect_error or "")
     with pytest.raises(typer.Exit) as exit_info:
-        bench_cli._finish(raw, spec, "now", "not served here", 500.0, 0.0, None, None, None, None)
+        bench_cli._finish(raw, spec, {"scenario": "chat"}, Thresholds(), None, ReportPaths(), False)
     assert exit_info.value.exit_code == 2
 
 
@@ -432,7 +438,7 @@ def test_one_token_for_all_users_meets_the_per_user_cap(
         "12",
         "--duration",
         "1.5s",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
@@ -459,7 +465,7 @@ def test_answers_slower_than_the_answer_timeout_are_errors(
         "2s",
         "--answer-timeout",
         "1",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
@@ -487,7 +493,7 @@ def test_a_burst_the_server_allows_is_an_error(
         "2",
         "--duration",
         "1.5s",
-        "--json",
+        "--report-json",
         str(out),
     )
     assert result.exit_code == 1, result.output
@@ -520,3 +526,12 @@ def test_a_load_process_that_dies_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> 
     result = bench("--serve", "--users", "1", "--duration", "1s")
     assert result.exit_code == 2
     assert "the load process failed (exit 3)" in result.output and "boom" in result.output
+
+
+def test_help_shows_examples_and_the_shared_option_names() -> None:
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = result.output
+    assert "Examples:" in text and "qa-ws bench --serve --users 150" in text
+    assert "--duration" in text and "-d" in text and "-t," not in text  # -t is --token elsewhere
+    assert "--json " in text and "--report-json" in text and "--report-html" in text

@@ -391,7 +391,7 @@ def test_spec_problems_name_each_flag() -> None:
     assert bad.problems() == [
         "--spawn-rate must be positive",
         "--duration must be more than 0 and at most 24h",
-        "--scenario must be one of chat, idle, burst, churn",
+        "--scenario must be one of chat, idle, burst, churn, reconnect",
         "--processes must not exceed --users",
         "--think-time must not be negative",
         "--answer-timeout must be positive",

@@ -20,7 +20,7 @@ import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, server_env
 
 # the spawn_server and settings fixtures come from tests/conftest.py (sharing its secret)
 Spawn = Callable[..., Any]
@@ -259,11 +259,14 @@ def test_gives_up_then_reconnects_by_hand(
     )
     term.expect("connected to")
     first.stop()
-    gone = r"the server is shutting down \(close code 1001\)"
-    term.expect(rf"connection lost: {gone} — /reconnect to try again")
+    # the reason it stopped (the last attempt's), not the close that started it
+    gone = r"gave up reconnecting after 1 attempt: nothing is listening on 127\.0\.0\.1:\d+"
+    term.expect(rf"connection lost: {gone}")
+    term.expect("/reconnect to try again")
     term.expect("● disconnected")
     term.line(QUESTION)
-    term.expect(rf"{ERROR}not connected \({gone}\): /reconnect first")
+    term.expect(rf"{ERROR}not connected \({gone}")
+    term.expect("/reconnect first")
     term.line("/ping")
     term.expect(rf"{ERROR}not connected")
     spawn_server("--port", port, "--demo-latency-ms", "20")
@@ -272,6 +275,24 @@ def test_gives_up_then_reconnects_by_hand(
     term.line(QUESTION)
     term.expect(r"answered in \d+ ms")
     term.line("/exit")
+    assert term.wait_exit() == 0
+
+
+def test_a_restart_with_another_secret_says_the_token_was_refused(
+    spawn_server: Spawn, terminal: Callable[..., Terminal], tmp_path: Path, settings: Settings
+) -> None:
+    port = str(free_port())
+    first = spawn_server("--port", port, "--demo-latency-ms", "20")
+    term = terminal("--url", first.url, "--token", token_for(settings), "--history", "/dev/null")
+    term.expect("connected to")
+    other = server_env(tmp_path, WEBSOCKET_SECRET_KEY="another-secret-" + "q" * 40)
+    first.stop()
+    spawn_server("--port", port, "--demo-latency-ms", "20", env=other)
+    seen = term.expect(r"reconnecting was refused: HTTP 401 invalid_token[^\n]*")
+    assert "1001" not in seen.group(0)  # the refusal, not the close that began the outage
+    term.expect(r"qa-ws token issue --sub USER")
+    term.expect("● disconnected")
+    term.line("/quit")
     assert term.wait_exit() == 0
 
 
@@ -313,8 +334,8 @@ def test_pipe_mode_reports_errors_on_stderr_and_in_the_exit_code(
     server = spawn_server()
     refused = run_piped(["--url", server.url], "hello\n", tmp_path)
     assert refused.returncode == 3
-    assert refused.stderr.strip().startswith("error: handshake refused: HTTP 401 missing_token")
-    assert "pass --token or --sub" in refused.stderr
+    assert refused.stderr.strip().startswith("error: the server wants a token (HTTP 401")
+    assert "--token TOKEN (or set QA_WS_TOKEN), or --sub USER" in refused.stderr
     assert "Traceback" not in refused.stderr and refused.stdout == ""
 
     unknown = run_piped(

@@ -159,7 +159,7 @@ async def test_cancel_stops_an_answer_in_flight(
         error = (await until(ws, answer_to("m1")))[-1]
         assert error["type"] == "error" and error["code"] == "cancelled"
         assert agent.stopped == ["trickle"]
-        assert gw.gateway.sessions.inflight() == 0
+        assert gw.gateway.driver.inflight() == 0
 
 
 async def test_a_cancel_that_arrives_with_its_chat_still_ends_it_and_frees_the_slot(
@@ -179,7 +179,7 @@ async def test_a_cancel_that_arrives_with_its_chat_still_ends_it_and_frees_the_s
             assert frame is not None and frame.opcode == WS_TEXT
             event = json.loads(frame.payload)
             assert event["code"] == "cancelled" and event["reply_to"] == "m1"
-            assert gw.gateway.sessions.inflight() == 0
+            assert gw.gateway.driver.inflight() == 0
 
             # the one in-flight slot is free again, and the id may be used once more
             peer.send_text(b'{"type":"chat_message","id":"m1","content":"ok now"}')

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,16 +142,24 @@ class Watch:
             ),
         )
         cdp.send("Network.enable")
-        # every state of every agent bubble, in order: streaming must only ever grow a prefix
+        # every state of every agent bubble, in order: streaming must only ever grow a prefix;
+        # and every Content-Security-Policy violation the page itself sees
         page.add_init_script(
             """
             window.__agentTexts = [];
+            window.__cspViolations = [];
+            document.addEventListener("securitypolicyviolation",
+              (e) => window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI));
             new MutationObserver(() => {
               for (const b of document.querySelectorAll(".msg.agent"))
                 window.__agentTexts.push(b.textContent);
             }).observe(document, {subtree: true, childList: true, characterData: true});
             """
         )
+
+    def csp_violations(self) -> list[str]:
+        found: list[str] = self.page.evaluate("window.__cspViolations")
+        return found
 
     def agent_texts(self) -> list[str]:
         texts: list[str] = self.page.evaluate("window.__agentTexts")
@@ -336,3 +345,317 @@ def test_the_page_connects_to_its_own_server_on_any_port(
     expect(status).to_have_text(re.compile("^connected as|^refused"))
     assert status.inner_text().startswith("connected as alice"), server.output()
     assert "origin_not_allowed" not in server.output()
+
+
+# -- the rebuilt page: Markdown, hostile answers, small screens, reloads ----------------------
+
+MARKDOWN = """## Login checks
+
+1. valid credentials land on the **home** page
+2. a *wrong* password is refused
+
+- [OWASP testing guide](https://owasp.org/www-project-web-security-testing-guide/)
+- `HttpOnly` cookies
+
+| case | expected |
+|---|---|
+| empty fields | refused |
+| locked user | 423 |
+
+```python
+def test_login(page):
+    assert page.title() == "Home"
+```
+"""
+CODE = 'def test_login(page):\n    assert page.title() == "Home"\n'
+HOSTILE = (
+    "<img src=x onerror=\"window.__pwned='img'\"> and "
+    "<script>window.__pwned='script'</script>\n\n"
+    "[click me](javascript:window.__pwned='md-link') and "
+    "<a href=\"javascript:window.__pwned='html-link'\">raw link</a> "
+    '<iframe src="/healthz"></iframe> <b onclick="window.__pwned=1">bold</b>\n\n'
+    "![pixel](http://127.0.0.1:1/track.png)"
+)
+WIDE = (
+    "| " + " | ".join(f"column {i} with a long header" for i in range(8)) + " |\n"
+    "|" + "---|" * 8 + "\n| " + " | ".join(f"value {i}" for i in range(8)) + " |\n\n"
+    "```\n" + "x = '" + "y" * 300 + "'\n```\n\n"
+    "https://example.com/" + "a" * 200 + " and " + "W" * 120
+)
+
+
+@pytest.fixture
+def report_dir(tmp_path: Path) -> Path:
+    """Screenshots for review: ``$QA_WS_REPORT_DIR/page`` when set, else the test's tmp dir."""
+    base = Path(os.environ.get("QA_WS_REPORT_DIR") or tmp_path)
+    path = base / "page"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def open_page(browser: Browser, width: int, scheme: str = "light", **options: Any) -> Page:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    context = browser.new_context(
+        viewport={"width": width, "height": 844 if width < 600 else 800},
+        color_scheme=scheme,  # type: ignore[arg-type]
+        **options,
+    )
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+def connected(page: Page, url: str, token: str, user: str = "alice") -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{http_base(url)}/#token={token}")
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^connected as {user} · "))
+
+
+def test_answers_render_as_markdown_with_copyable_code(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
+    page = open_page(browser, 1000, permissions=["clipboard-read", "clipboard-write"])
+    watch = Watch(page)
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    expect(page.locator("#attach")).to_be_hidden()  # this server does not announce uploads
+
+    box = page.locator("#input")
+    box.fill(MARKDOWN)
+    box.press("Enter")
+    agent = page.locator(".msg.agent")
+    expect(agent.locator("h2")).to_have_text("Login checks")
+    expect(agent.locator("ol > li")).to_have_count(2)
+    expect(agent.locator("ol strong")).to_have_text("home")
+    expect(agent.locator("ol em")).to_have_text("wrong")
+    link = agent.locator("a", has_text="OWASP testing guide")
+    expect(link).to_have_attribute("href", re.compile(r"^https://owasp\.org/"))
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", re.compile(r"\bnoopener\b"))
+    expect(agent.locator("ul code")).to_have_text("HttpOnly")
+    expect(agent.locator("table th")).to_have_text(["case", "expected"])
+    expect(agent.locator("table td")).to_have_count(4)
+    code = agent.locator("pre code.language-python")
+    expect(code).to_have_js_property("textContent", CODE)
+    expect(page.locator(".turn .meta")).to_have_text(re.compile(r"total \d+"))
+    expect(agent).to_have_attribute("title", re.compile(r"^\d+ ms$"))
+    expect(agent).not_to_have_class(re.compile("streaming"))  # the cursor is gone
+
+    copy = agent.get_by_role("button", name="Copy code")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == CODE
+    # the question itself is shown as the user typed it, not rendered
+    expect(page.locator(".msg.user")).to_have_js_property("textContent", MARKDOWN.strip())
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
+
+
+def test_a_hostile_answer_stays_inert(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
+    page = open_page(browser, 1000)
+    watch = Watch(page)
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    ask(page, HOSTILE)
+    agent = page.locator(".msg.agent")
+    expect(agent).to_contain_text("<img src=x onerror=")  # raw HTML is shown as text
+    expect(agent).to_contain_text("<script>")
+    for tag in ("img", "script", "iframe", "b"):
+        expect(page.locator(f"#log {tag}")).to_have_count(0)
+    expect(page.locator("#log [onerror], #log [onclick]")).to_have_count(0)
+    md_link = agent.locator("a", has_text="click me")
+    expect(md_link).to_have_count(1)
+    assert (md_link.get_attribute("href") or "").startswith("javascript") is False
+    expect(page.locator('#log a[href^="javascript" i]')).to_have_count(0)
+    md_link.click()
+    pixel = agent.locator("a", has_text="pixel")  # an image became a link, never loaded
+    expect(pixel).to_have_attribute("href", "http://127.0.0.1:1/track.png")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    assert not [u for u in requested if "/x" in u or "track.png" in u or "healthz" in u], requested
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_readable_at_390_px_and_on_a_laptop_in_light_and_dark(
+    browser: Browser,
+    spawn_server: Spawn,
+    settings: Settings,
+    tmp_path: Path,
+    report_dir: Path,
+    scheme: str,
+) -> None:
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
+    token = issue_token(settings, "alice", ttl_s=600)[0]
+    backgrounds = set()
+    for width in (390, 1280):
+        page = open_page(browser, width, scheme)
+        watch = Watch(page)
+        connected(page, server.url, token)
+        ask(page, MARKDOWN)
+        ask(page, WIDE)
+        expect(page.locator(".msg.agent")).to_have_count(2)
+        expect(page.locator(".msg.agent").last.locator("table")).to_be_visible()
+        overflow = page.evaluate(
+            "[document.documentElement.scrollWidth - document.documentElement.clientWidth,"
+            " document.body.scrollWidth - document.body.clientWidth]"
+        )
+        assert overflow == [0, 0], f"horizontal scroll at {width} px: {overflow}"
+        # wide blocks scroll inside themselves instead
+        pre = page.locator(".msg.agent").last.locator("pre")
+        assert pre.evaluate("e => e.scrollWidth > e.clientWidth")
+        backgrounds.add(page.evaluate("getComputedStyle(document.body).backgroundColor"))
+        shot = report_dir / f"chat-{width}px-{scheme}.png"
+        page.screenshot(path=str(shot), full_page=False)
+        assert shot.stat().st_size > 10_000
+        assert watch.errors == [] and watch.csp_violations() == []
+        page.context.close()
+    (background,) = backgrounds  # one theme per scheme, at every width
+    dark = background == "rgb(18, 19, 22)"
+    assert dark is (scheme == "dark"), background
+
+
+def test_a_reload_mid_answer_shows_the_answer_and_keeps_the_token_in_the_tab(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    """Today the server cancels the run on the reload's close (1001) and the page's resend of
+    the same id asks again; once runs survive a disconnect (issue 10) the resend joins the run
+    or the replay brings the answer. Either way the user sees the answer once."""
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--demo-latency-ms", "3000")
+    token = issue_token(settings, "alice", ttl_s=600)[0]
+    page = open_page(browser, 1000)
+    watch = Watch(page)
+    connected(page, server.url, token)
+    ask(page, QUESTION)
+    agent = page.locator(".msg.agent")
+    expect(agent).to_have_text(re.compile(r"^To test a login form"))  # mid-answer
+    expect(agent).to_have_class(re.compile("streaming"))
+    expect(page.locator(".turn .meta")).to_have_text(re.compile(r"first delta \d+"))
+    session = page.evaluate("JSON.parse(sessionStorage.getItem('qa-ws.session'))")
+    assert session["user"] == "alice" and session["id"]
+
+    page.reload()
+    status = page.locator("#status")
+    expect(status).to_have_text(f"connected as alice · session {session['id'][:8]} (resumed)")
+    expect(page.locator(".msg.user")).to_have_text(QUESTION)  # the conversation is still there
+    expect(agent).to_have_count(1)
+    expect(agent).to_have_text(LOGIN_ANSWER)
+    expect(page.locator(".turn .meta")).to_have_text(re.compile(r"first delta .* · total \d"))
+    expect(page.locator(".msg.user")).to_have_count(1)
+    assert token not in page.url
+
+    page.reload()  # after the answer: shown from this tab's storage, not asked again
+    expect(status).to_have_text(re.compile(r"\(resumed\)$"))
+    expect(agent).to_have_text(LOGIN_ANSWER)
+    expect(agent).to_have_count(1)
+    assert "#" not in page.url
+    queries = [urllib.parse.urlsplit(u).query for u in watch.sockets]
+    resume = f"session_id={session['id']}&last_seq="
+    assert queries == ["", resume + "0", resume + "1"], queries  # the answer was seq 1
+    storage = page.evaluate("[sessionStorage.getItem('qa-ws.token'), localStorage.length]")
+    assert storage == [json.dumps(token), 0]  # this tab only, unless the user asks
+
+    expect(page.locator("#token")).to_be_hidden()  # folded away while connected
+    page.get_by_role("button", name="Token…").click()
+    page.locator("#remember").check()
+    assert page.evaluate("localStorage.getItem('qa-ws.token')") == json.dumps(token)
+    assert page.evaluate("sessionStorage.getItem('qa-ws.token')") is None
+    page.locator("#remember").uncheck()
+    assert page.evaluate("localStorage.length") == 0
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
+
+
+def test_stop_cancels_the_streaming_answer_by_keyboard(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--demo-latency-ms", "4000")
+    page = open_page(browser, 390)
+    watch = Watch(page)
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    ask(page, QUESTION)
+    agent = page.locator(".msg.agent")
+    expect(agent).to_have_text(re.compile(r"^To test a login form"))
+    stop = page.get_by_role("button", name="Stop this answer")
+    stop.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.error")).to_have_text(re.compile(r"^cancelled: "))
+    expect(agent).not_to_have_class(re.compile("streaming"))
+    expect(stop).to_have_count(0)
+    assert agent.inner_text() != LOGIN_ANSWER  # it stopped where it was
+    expect(page.locator("#input")).to_be_enabled()
+    server.stop()
+    assert "outcome=cancelled" in server.output()
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
+
+
+def test_tool_progress_is_listed_under_the_answer(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    """The page's own view code, in the page served by a real server, fed the documented
+    ``agent_event`` frames directly: no backend sends them until agent events land (issue 12),
+    when this becomes an end-to-end test."""
+    from playwright.sync_api import expect
+
+    server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
+    page = open_page(browser, 390)
+    watch = Watch(page)
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    tool = {"id": "t1", "name": "lookup_test_plan", "args": {"feature": "login"}}
+    hostile = {"id": "t2", "name": "<img src=x onerror=alert(1)>"}
+    frames = [
+        {"kind": "tool_started", "tool": tool},
+        {"kind": "tool_started", "tool": hostile},
+        {"kind": "status", "text": "reading the plan"},
+        {"kind": "reasoning", "text": "the login form "},
+        {"kind": "reasoning", "text": "needs a lockout check"},
+        {
+            "kind": "tool_finished",
+            "tool": {"id": "t1", "name": "lookup_test_plan"},
+            "ms": 120,
+            "result_preview": "12 cases",
+        },
+        {"kind": "tool_failed", "tool": hostile, "message": "timeout"},
+        {"kind": "something_new", "text": "ignored"},
+    ]
+    page.evaluate(
+        """async (frames) => {
+            const view = await import("/static/view.js");
+            const answer = new view.Answer("q1", null);
+            answer.streaming(Date.now(), null);
+            for (const f of frames) answer.event({type: "agent_event", reply_to: "q1", ...f});
+        }""",
+        frames,
+    )
+    items = page.locator(".turn .progress li")
+    expect(items).to_have_text(
+        [
+            "lookup_test_plan done in 120 ms",
+            "<img src=x onerror=alert(1)> failed: timeout",
+            "reading the plan",
+            "thinking: the login form needs a lockout check",
+        ]
+    )
+    expect(items.first).to_have_attribute("title", "12 cases")
+    expect(items.nth(1)).to_have_class("failed")
+    expect(page.locator("#log img")).to_have_count(0)
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()

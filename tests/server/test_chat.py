@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.agents.builtin import EchoAgent
@@ -124,19 +125,47 @@ async def test_cancel_stops_the_answer_in_flight(
         error = await until(ws, "error")
         assert (error["code"], error["reply_to"]) == ("cancelled", "long")
         await asyncio.wait_for(agent.closed.wait(), 5)
-        await ws.send_json({"type": "cancel", "id": "c2", "target": "unknown"})  # harmless
+        await ws.send_json({"type": "cancel", "id": "c2", "target": "long"})  # over already
+        assert (await until(ws, "error"))["code"] == "not_in_flight"
         await ws.send_json({"type": "ping", "id": "after"})
         assert (await until(ws, "pong"))["reply_to"] == "after"
         await ws.close()
 
 
-async def test_a_normal_close_stops_the_users_answers(
-    tmp_path: Path, http: aiohttp.ClientSession
+class SlowEcho(Agent):
+    async def chat(self, message: str, context: ChatContext | None = None) -> str:
+        await asyncio.sleep(0.4)
+        return message
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_close_of_any_kind_leaves_the_answer_running_into_the_session(
+    tmp_path: Path, http: aiohttp.ClientSession, code: int
 ) -> None:
-    agent = Slow()
-    async with run_gateway(make_settings(tmp_path), agent) as running:
-        ws, _ = await open_ws(http, running)
-        await ws.send_json({"type": "chat_message", "id": "long", "content": "go"})
-        await until(ws, "agent_delta")
-        await ws.close()
-        await asyncio.wait_for(agent.closed.wait(), 5)
+    """A browser reload closes with 1001, a client's ``close()`` with 1000: neither is a
+    cancel. The answer completes into the session and the resume replays it once."""
+    async with run_gateway(make_settings(tmp_path), SlowEcho()) as running:
+        ws, hello = await open_ws(http, running)
+        await ws.send_json({"type": "chat_message", "id": "q1", "content": "still wanted"})
+        await asyncio.sleep(0.1)
+        await ws.close(code=code)
+        await asyncio.sleep(0.6)  # it completes while nobody is connected
+        ws2, hello2 = await open_ws(http, running, session_id=hello["session_id"], last_seq="0")
+        assert hello2["resumed"] is True and hello2["replayed"] == 1
+        answer = await ws2.receive_json(timeout=5)
+        assert (answer["type"], answer["reply_to"], answer["seq"]) == ("agent_response", "q1", 1)
+        assert answer["content"] == "still wanted"
+        await ws2.send_json({"type": "ping", "id": "p"})
+        assert (await ws2.receive_json(timeout=5))["type"] == "pong"  # nothing replayed twice
+        await ws2.close()
+
+
+async def test_a_cancel_of_an_id_not_in_flight_is_answered_not_in_flight(
+    gateway: Running, http: aiohttp.ClientSession
+) -> None:
+    ws, _ = await open_ws(http, gateway)
+    await ws.send_json({"type": "cancel", "id": "c9", "target": "nothing"})
+    error = await ws.receive_json(timeout=5)
+    assert (error["type"], error["code"], error["reply_to"]) == ("error", "not_in_flight", "c9")
+    assert error["seq"] == 1
+    await ws.close()

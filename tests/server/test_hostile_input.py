@@ -72,10 +72,16 @@ def expect_text(text: str, answered: dict[str, str]) -> Expect:
     if len(text.encode()) > MAX_BYTES:
         return Expect(close=1009)
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError):  # a key twice in one object is invalid_json too
         return error("invalid_json", None)
     return expect_value(data, answered)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("duplicate key")
+    return dict(pairs)
 
 
 def expect_value(data: Any, answered: dict[str, str]) -> Expect:
@@ -92,9 +98,9 @@ def expect_value(data: Any, answered: dict[str, str]) -> Expect:
             if reply_to
             else error("invalid_message", None)
         )
-    if kind == "cancel":  # a target not in flight: nothing to stop, nothing to say
+    if kind == "cancel":  # every answer is in by then: there is nothing in flight to stop
         ok = reply_to is not None and valid_id(data.get("target")) is not None
-        return Expect() if ok else error("invalid_message", reply_to)
+        return error("not_in_flight", reply_to) if ok else error("invalid_message", reply_to)
     if kind != "chat_message":
         return error("invalid_message", reply_to)
     content = data.get("content")

@@ -184,9 +184,11 @@ async def test_the_client_gives_up_on_final_closes(tmp_path: Path) -> None:
             ClientOptions(running.url, token=running.token(), reconnect=True, backoff_base=0.05)
         )
         await client.connect()
-        session = running.gateway.sessions.get(client.session_id or "")
-        assert session is not None and session.connection is not None
-        await session.connection.close(1008, "policy")
+        local = running.gateway.driver.local.get(client.session_id or "")
+        assert local is not None and local.core.attached is not None
+        conn = running.gateway.connections.get(local.core.attached)
+        assert conn is not None
+        await conn.close(1008, "policy")
         with pytest.raises(Exception, match="policy violation"):
             async for _ in client.events():
                 pass

@@ -35,6 +35,8 @@ ERROR_CODES = frozenset(
         "agent_timeout",
         "agent_error",
         "cancelled",
+        "not_in_flight",
+        "agent_interrupted",
         "internal_error",
     }
 )

@@ -1,0 +1,249 @@
+"""The thin asyncio driver of ``SessionCore``: it turns the core's outputs into writes, store
+calls, agent tasks and deadline timers, and owns nothing else.
+
+It keeps a ``LocalSession`` for each session that has a connection or a run on this
+instance; the session's state itself lives in the store, so a local session is dropped as soon
+as neither is left, and any instance can pick the session up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from qa_ws_cli.agents.base import Agent, ChatContext
+from qa_ws_cli.server.connections import Connection, ConnectionManager
+from qa_ws_cli.server.files import FileSigner, FileStore
+from qa_ws_cli.server.logs import log_event
+from qa_ws_cli.server.metrics import Metrics
+from qa_ws_cli.server.runs import AgentRun
+from qa_ws_cli.server.session_core import (
+    CancelRemote,
+    CancelRun,
+    Claim,
+    CloseConnection,
+    CoreLimits,
+    Output,
+    Publish,
+    SendFrame,
+    SessionCore,
+    StartRun,
+)
+from qa_ws_cli.server.store import Store
+
+log = logging.getLogger("qa_ws.server")
+chat_log = logging.getLogger("qa_ws.chat")
+
+
+@dataclass(slots=True)
+class LocalSession:
+    core: SessionCore
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    contexts: dict[str, ChatContext] = field(default_factory=dict)  # of the runs, for cancel
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keeps publishes in seq order
+    seq: int = 0  # the highest seq this instance saw: a floor while the store was away
+
+
+class SessionDriver:
+    def __init__(
+        self,
+        store: Store,
+        agent: Agent,
+        connections: ConnectionManager,
+        metrics: Metrics,
+        limits: CoreLimits,
+        instance: str,
+        files: FileStore | None = None,
+        signer: FileSigner | None = None,
+    ) -> None:
+        self.store = store
+        self.runner = AgentRun(agent, files, signer, connections.get)
+        self.connections = connections
+        self.metrics = metrics
+        self.limits = limits
+        self.instance = instance
+        self.local: dict[str, LocalSession] = {}
+        self.running = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def session(self, session_id: str, user: str) -> LocalSession:
+        local = self.local.get(session_id)
+        if local is None:
+            local = LocalSession(SessionCore(session_id, user, self.limits))
+            self.local[session_id] = local
+        return local
+
+    def release(self, local: LocalSession) -> None:
+        """Forget a session that has neither a connection nor a run here (the store keeps it)."""
+        core = local.core
+        idle = core.attached is None and not core.runs and not local.tasks
+        if idle and self.local.get(core.session_id) is local:
+            del self.local[core.session_id]
+
+    def inflight(self) -> int:
+        return self.running
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    async def apply(self, local: LocalSession, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, SendFrame):
+                if out.error is not None:
+                    self.metrics.errors[out.error].inc()
+                conn = self.connections.get(out.conn)
+                if conn is not None:
+                    conn.send(out.frame)
+            elif isinstance(out, Publish):
+                await self.publish(local, out)
+            elif isinstance(out, Claim):
+                await self._claim(local, out.chat_id)
+            elif isinstance(out, StartRun):
+                self._start(local, out)
+            elif isinstance(out, CancelRun):
+                asyncio.get_running_loop().create_task(self._cancel(local, out.chat_id))
+            elif isinstance(out, CancelRemote):
+                await self.store.relay_cancel(local.core.session_id, out.chat_id, out.cancel_id)
+            elif isinstance(out, CloseConnection):
+                conn = self.connections.get(out.conn)
+                if conn is not None:
+                    conn.start_close(out.code, out.reason)
+
+    def spawn(self, local: LocalSession, outputs: list[Output]) -> None:
+        """``apply`` from synchronous code (timers, callbacks)."""
+        if outputs:
+            asyncio.get_running_loop().create_task(self.apply(local, outputs))
+
+    async def publish(self, local: LocalSession, event: Publish) -> None:
+        core = local.core
+        if event.error is not None:
+            self.metrics.errors[event.error].inc()
+        async with local.lock:
+            kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
+            if kept is None:
+                return
+            seq, frame = kept
+            local.seq = seq
+            conn = self.connections.get(core.attached) if core.attached else None
+            if conn is not None:
+                conn.send_seq(seq, frame)
+            else:  # perhaps attached on another instance
+                await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
+
+    async def _claim(self, local: LocalSession, chat_id: str) -> None:
+        core = local.core
+        result = await self.store.claim(core.session_id, chat_id, self.instance)
+        await self.apply(local, core.claimed(chat_id, result, time.perf_counter()))
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def _start(self, local: LocalSession, start: StartRun) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(local, start))
+        task.add_done_callback(lambda done: self._settle(local, start.chat_id, done))
+        local.tasks[start.chat_id] = task
+        local.timers[start.chat_id] = loop.call_later(self.limits.timeout_s, self._expire, local)
+        self.running += 1
+        self.idle.clear()
+        self.metrics.inflight.inc()
+
+    def _settle(self, local: LocalSession, chat_id: str, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never ran ``_run``'s own cleanup: do it here."""
+        if local.tasks.get(chat_id) is task:
+            outputs = local.core.stopped(chat_id)
+            self._finish(local, chat_id)
+            self.spawn(local, outputs)
+
+    def _expire(self, local: LocalSession) -> None:
+        self.spawn(local, local.core.tick(time.perf_counter()))
+
+    async def _run(self, local: LocalSession, start: StartRun) -> None:
+        core, chat_id = local.core, start.chat_id
+        started = time.perf_counter()
+        context = self.runner.context(core, start)
+        local.contexts[chat_id] = context
+        fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
+        try:
+            result = await self.runner.answer(core, start, context, fields)
+            if result.latency_ms is not None:
+                self.metrics.chat_latency.observe(result.latency_ms / 1000)
+            await self.apply(local, result.outputs)
+        finally:
+            self._finish(local, chat_id)
+        latency = result.latency_ms or round((time.perf_counter() - started) * 1000, 1)
+        log_event(
+            chat_log,
+            "chat",
+            logging.INFO,
+            **fields,
+            reply_to=chat_id,
+            latency_ms=latency,
+            outcome=result.outcome,
+        )
+
+    async def _cancel(self, local: LocalSession, chat_id: str) -> None:
+        """Stop a run: the backend's own cancel first (bounded), then the task."""
+        context = local.contexts.get(chat_id)
+        if context is not None:
+            await self.runner.cancel(context)
+        task = local.tasks.get(chat_id)
+        if task is not None:
+            task.cancel()
+
+    def _finish(self, local: LocalSession, chat_id: str) -> None:
+        local.tasks.pop(chat_id, None)
+        local.contexts.pop(chat_id, None)
+        timer = local.timers.pop(chat_id, None)
+        if timer is not None:
+            timer.cancel()
+        self.running -= 1
+        if not self.running:
+            self.idle.set()
+        self.metrics.inflight.dec()
+        self.release(local)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    async def housekeep(self) -> None:
+        """Renew this instance's claims, report runs whose instance died, stop the runs of
+        sessions that expired."""
+        store = self.store
+        for session_id in store.expired_sessions():
+            local = self.local.get(session_id)
+            if local is not None:
+                for task in local.tasks.values():
+                    task.cancel()
+        claims = [(sid, c) for sid, loc in self.local.items() for c in loc.tasks]
+        if claims:
+            await store.renew(claims, self.instance)
+        for local in list(self.local.values()):
+            core = local.core
+            if core.remote and core.attached is not None:
+                lapsed = await store.lapsed(core.session_id, sorted(core.remote))
+                if lapsed:
+                    await self.apply(local, core.interrupted(lapsed))
+
+    async def touch_attached(self) -> None:
+        attached = [sid for sid, loc in self.local.items() if loc.core.attached is not None]
+        if attached:
+            await self.store.touch(attached)
+
+    def stop_all(self) -> None:
+        """Past the drain deadline: stop what still runs (its claims lapse)."""
+        for local in list(self.local.values()):
+            for task in local.tasks.values():
+                task.cancel()
+
+    def each_attached(self) -> Iterable[tuple[LocalSession, Connection]]:
+        for local in list(self.local.values()):
+            attached = local.core.attached
+            conn = self.connections.get(attached) if attached else None
+            if conn is not None and not conn.closing:
+                yield local, conn

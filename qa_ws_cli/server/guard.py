@@ -1,0 +1,193 @@
+"""Connections before the upgrade: handshake deadline, per-address cap, parser errors, EMFILE.
+
+aiohttp makes one ``RequestHandler`` (an asyncio protocol) per TCP connection. ``serve`` listens
+with ``loop.create_server`` and a factory making ``GuardedHandler``, a subclass that overrides
+only public methods (``connection_made``, ``connection_lost``, ``handle_error``,
+``log_exception``), so a connection is counted and timed from ``accept()`` on, before aiohttp
+has parsed a single byte:
+
+- the client address is the TCP peer; behind a trusted proxy it is the one the
+  ``X-Forwarded-For`` handling resolves, attributed when the first request head is parsed
+  (the proxy's own connections are not capped at accept time);
+- a connection whose first request head is not complete ``server.handshake_timeout_s`` after
+  ``accept()`` is closed (silent sockets, slowloris headers);
+- past ``server.max_connections_per_ip`` open connections, a new one is closed at once;
+- a request aiohttp cannot parse gets a generic JSON 400 (nothing of it echoed) and one
+  rate-limited log line, not a traceback;
+- ``accept()`` failing for lack of file descriptors is logged at most once a second, with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from qa_ws_cli.config import ServerSettings
+from qa_ws_cli.server.logs import RateLimitedLog, log_event
+
+SERVER_HEADER = "qa-ws"
+_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+log = logging.getLogger("qa_ws.server")
+
+
+class ConnectionGuard:
+    """Per-address counts of open connections, shared by every ``GuardedHandler``."""
+
+    def __init__(self, server: ServerSettings) -> None:
+        self.handshake_timeout_s = server.handshake_timeout_s
+        self.max_per_ip = server.max_connections_per_ip
+        self._trusted: Sequence[IPv4Network | IPv6Network] = server.trusted_proxies
+        self._open: dict[str, int] = {}
+        self.refused = RateLimitedLog(log, "connection_refused", logging.WARNING)
+        self.timed_out = RateLimitedLog(log, "handshake_timeout", logging.INFO)
+        self.bad_requests = RateLimitedLog(log, "bad_request", logging.INFO)
+        self.accept_errors = RateLimitedLog(log, "accept_failed", logging.WARNING)
+
+    def open_from(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def take(self, address: str) -> bool:
+        """Count one more connection from ``address``; False (not counted) over the cap."""
+        held = self._open.get(address, 0)
+        if held >= self.max_per_ip:
+            return False
+        self._open[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        left = self._open.get(address, 0) - 1
+        if left > 0:
+            self._open[address] = left
+        else:
+            self._open.pop(address, None)
+
+    def handler_factory(self, server: web.Server, **kwargs: Any) -> Callable[[], GuardedHandler]:
+        """What ``loop.create_server`` needs: ``server`` is the runner's (``runner.server``)."""
+        loop = asyncio.get_running_loop()
+        return lambda: GuardedHandler(self, server, loop=loop, **kwargs)
+
+    def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's handler: accept() resource errors counted, everything else as usual.
+
+        asyncio retries such an accept() for each queued connection and reports each failure,
+        thousands a second when the descriptors run out; one line a second is enough.
+        """
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
+            self.accept_errors.hit(error=errno.errorcode.get(exc.errno or 0, str(exc.errno)))
+            return
+        loop.default_exception_handler(context)
+
+
+class GuardedHandler(web.RequestHandler):
+    """aiohttp's handler, counted per client address and timed until its first request."""
+
+    def __init__(self, guard: ConnectionGuard, server: web.Server, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self.guard = guard
+        self.address: str | None = None
+        self.started = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        if not self.guard.is_trusted_proxy(address):
+            if not self.guard.take(address):
+                self.guard.refused.hit(remote=address, reason="max_connections_per_ip")
+                transport.close()  # before aiohttp ever sees it: nothing is held
+                return
+            self.address = address
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.guard.handshake_timeout_s, self._handshake_expired)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.address is not None:
+            self.guard.release(self.address)
+            self.address = None
+        super().connection_lost(exc)
+
+    def request_started(self, remote: str | None) -> bool:
+        """The first middleware saw a parsed request; False when its address is over the cap."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.started = True
+        if self.address is None and remote is not None:  # came through a trusted proxy
+            if not self.guard.take(remote):
+                self.guard.refused.hit(remote=remote, reason="max_connections_per_ip")
+                return False
+            self.address = remote
+        return True
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if not self.started:
+            self.guard.timed_out.hit(remote=self.address or "-")
+            self.force_close()
+            if self.transport is not None:
+                self.transport.abort()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's error answer, without echoing the request: a generic JSON body."""
+        super().handle_error(request, status, exc, message)  # its logging and its checks
+        if status >= 500:
+            body = '{"error": "internal_error", "detail": "internal error"}'
+        else:
+            body = '{"error": "bad_request", "detail": "the request could not be parsed"}'
+        response = web.Response(
+            status=status,
+            text=body,
+            content_type="application/json",
+            headers={hdrs.SERVER: SERVER_HEADER, hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff"},
+        )
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError):  # the client's fault: one short line
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            remote = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+            self.guard.bad_requests.hit(remote=remote, error=type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one (a common service default is 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        log_event(log, "open_files_limit", soft=soft, hard=hard)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log_event(log, "open_files_limit", logging.WARNING, soft=soft, hard=hard, error=str(exc))
+        return
+    log_event(log, "open_files_limit", raised_from=soft, to=hard)

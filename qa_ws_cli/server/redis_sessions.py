@@ -1,0 +1,222 @@
+"""Sessions in Redis: the same value as ``MemorySessionStore``'s, written through as it changes.
+
+One session is a handful of keys sharing the hash tag ``{id}`` (so a Redis Cluster keeps them on
+one node), all expiring ``ttl_s`` after the session was last used:
+
+- ``qa-ws:s:{id}:m``  hash: ``user``, ``seq``
+- ``qa-ws:s:{id}:e``  stream: the replay log, capped at ``buffer_events``; an entry's id is the
+  time it was kept (its age), its fields ``s`` (seq) and ``f`` (the frame)
+- ``qa-ws:s:{id}:a``  hash: chat id -> the answer's frame; ``:o`` list: their order, to cap them
+- ``qa-ws:s:{id}:h``  list: the recent turns, as JSON ``[question, answer]``
+- ``qa-ws:s:{id}:c``  hash: claimed chat id -> instance; ``:l:<chat id>``: its lease (PX)
+
+Two Lua scripts make the rules atomic: ``claim`` (answered? running elsewhere? else ours) and
+``append`` (next seq, log, answer, turn and release in one step). So a chat id is answered once
+across the cluster, and seq grows by one whichever instance publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from qa_ws_cli.server.session_core import (
+    Answered,
+    Claimed,
+    ClaimResult,
+    Publish,
+    RunningElsewhere,
+)
+from qa_ws_cli.server.session_store import Event, ResumeRecord, SessionStore, replay_after
+
+PREFIX = "qa-ws:s:"
+
+_CLAIM = """
+local answer = redis.call('HGET', KEYS[1], ARGV[1])
+if answer then return {'answered', answer} end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[2] then return {'running', holder} end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'claimed', redis.call('LRANGE', KEYS[4], 0, -1)}
+"""
+
+_APPEND = """
+local chat = ARGV[6]
+if ARGV[9] == '1' and redis.call('HEXISTS', KEYS[6], chat) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'user', ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local floor = tonumber(ARGV[3])
+if seq < floor then
+  seq = floor
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
+local frame = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 's', seq, 'f', frame)
+end
+if chat ~= '' then
+  local max_answers = tonumber(ARGV[12])
+  if ARGV[7] == '1' and max_answers > 0 and redis.call('HSET', KEYS[3], chat, frame) == 1 then
+    redis.call('RPUSH', KEYS[4], chat)
+    if redis.call('LLEN', KEYS[4]) > max_answers then
+      redis.call('HDEL', KEYS[3], redis.call('LPOP', KEYS[4]))
+    end
+  end
+  if ARGV[8] == '1' then
+    redis.call('HDEL', KEYS[6], chat)
+    redis.call('DEL', KEYS[7])
+  end
+end
+local turns = tonumber(ARGV[11])
+if ARGV[10] ~= '' and turns > 0 then
+  redis.call('RPUSH', KEYS[5], ARGV[10])
+  redis.call('LTRIM', KEYS[5], -turns, -1)
+end
+for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return {seq, frame}
+"""
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisSessionStore(SessionStore):
+    """The session half of ``RedisStore``; every call may raise redis-py's errors."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._claim = client.register_script(_CLAIM)
+        self._append = client.register_script(_APPEND)
+
+    @staticmethod
+    def key(session_id: str, part: str) -> str:
+        return f"{PREFIX}{{{session_id}}}:{part}"
+
+    def _keys(self, session_id: str, chat_id: str = "") -> list[str]:
+        k = self.key
+        parts = ("m", "e", "a", "o", "h", "c")
+        return [*(k(session_id, p) for p in parts), k(session_id, f"l:{chat_id}")]
+
+    @property
+    def _ttl(self) -> int:
+        return max(1, int(self.sessions.ttl_s))
+
+    async def create(self, session_id: str, user: str) -> None:
+        meta = self.key(session_id, "m")
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(meta, mapping={"user": user, "seq": 0})
+            pipe.expire(meta, self._ttl)
+            await pipe.execute()
+
+    async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
+        keys = self._keys(session_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys[0], ["user", "seq"])
+            pipe.xrange(keys[1])
+            pipe.hkeys(keys[5])
+            for key in keys[:6]:
+                pipe.expire(key, self._ttl)
+            meta, entries, claimed, *_ = await pipe.execute()
+        try:
+            user, seq = as_text(meta[0]), int(meta[1])
+            events = self._events(entries)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            return None  # unknown, or a record this version cannot read: a fresh session
+        horizon = time.time() - self.sessions.buffer_age_s
+        frames = replay_after(events, seq, last_seq, horizon)
+        chat_ids = [as_text(c) for c in claimed]
+        lapsed = set(await self.lapsed(session_id, chat_ids)) if chat_ids else set()
+        running = [c for c in chat_ids if c not in lapsed]
+        return ResumeRecord(user, seq, frames, running, sorted(lapsed))
+
+    @staticmethod
+    def _events(entries: list[Any]) -> list[Event]:
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            at = int(as_text(entry_id).split("-", 1)[0]) / 1000
+            seq, frame = int(fields[b"s"]), as_text(fields[b"f"])
+            events.append((seq, at, frame))
+        return events
+
+    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+        keys = self._keys(session_id, chat_id)
+        lease_ms = int(self.sessions.run_lease_s * 1000)
+        kind, value = await self._claim(
+            keys=[keys[2], keys[5], keys[6], keys[4]], args=[chat_id, instance, lease_ms, self._ttl]
+        )
+        kind = as_text(kind)
+        if kind == "answered":
+            return Answered(as_text(value))
+        if kind == "running":
+            return RunningElsewhere(as_text(value))
+        history: list[tuple[str, str]] = []
+        for raw in value:
+            try:
+                question, answer = json.loads(raw)
+            except (ValueError, TypeError):
+                continue  # a malformed turn is left out, never a failed chat
+            history.append((str(question), str(answer)))
+        return Claimed(tuple(history))
+
+    async def append(
+        self, session_id: str, user: str, event: Publish, min_seq: int = 0
+    ) -> tuple[int, str] | None:
+        s = self.sessions
+        chat_id = event.reply_to or ""
+        turn = json.dumps(list(event.turn)) if event.turn is not None else ""
+        args: list[str | int] = [
+            event.body,
+            user,
+            min_seq,
+            s.buffer_events,
+            self._ttl,
+            chat_id,
+            int(event.answer),
+            int(event.release),
+            int(event.only_if_claimed),
+            turn,
+            s.history_turns,
+            s.max_answered_ids,
+        ]
+        kept = await self._append(keys=self._keys(session_id, chat_id), args=args)
+        if not kept:
+            return None
+        return int(kept[0]), as_text(kept[1])
+
+    async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
+        entries: list[Any] = await self.client.xrange(self.key(session_id, "e")) or []
+        return [(s, frame) for s, _, frame in self._events(entries) if s > seq]
+
+    async def renew(self, claims: Iterable[tuple[str, str]], instance: str) -> None:
+        lease_ms = int(self.sessions.run_lease_s * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session_id, chat_id in claims:
+                pipe.set(self.key(session_id, f"l:{chat_id}"), instance, px=lease_ms)
+            await pipe.execute()
+
+    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+        ids = list(chat_ids)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for chat_id in ids:
+                pipe.hexists(self.key(session_id, "c"), chat_id)
+                pipe.exists(self.key(session_id, f"l:{chat_id}"))
+            found = await pipe.execute()
+        return [
+            c
+            for c, claimed, alive in zip(ids, found[::2], found[1::2], strict=True)
+            if claimed and not alive
+        ]
+
+    async def touch(self, session_ids: Iterable[str]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                for part in ("m", "e", "a", "o", "h", "c"):
+                    pipe.expire(self.key(session_id, part), self._ttl)
+            await pipe.execute()

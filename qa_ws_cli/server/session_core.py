@@ -1,0 +1,399 @@
+"""The rules of one session, with no I/O: fed inputs, it hands back outputs.
+
+Like python-websockets' ``protocol.py``, ``SessionCore`` never touches a socket, a task, a
+timer or the store. The driver (``server/runs.py``) feeds it what happened (a client frame, an
+agent's piece or outcome, an attach or detach, a clock tick, the store's answer to a claim) and
+carries out what it returns:
+
+- ``SendFrame``: a live frame for one connection (deltas, pongs, stored answers, errors that
+  answer no chat);
+- ``Publish``: a replayable event: the store gives it the session's next ``seq``, keeps it in
+  the replay log (with the answer and the turn, when it is one), and it goes to whichever
+  connection holds the session, on any instance;
+- ``Claim``: ask the store, atomically across the cluster, whether this chat id was answered,
+  is running somewhere, or is ours to run; the answer comes back through ``claimed``;
+- ``StartRun`` / ``CancelRun`` / ``CancelRemote``: start or stop an agent run;
+- ``CloseConnection``.
+
+A run belongs to the session, not to the connection that asked: a disconnect of any kind
+never cancels it. Only ``cancel``, the deadline, or the session's expiry stop it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qa_ws_cli.protocol.codec import encode
+from qa_ws_cli.protocol.codes import CloseCode, ErrorCode
+from qa_ws_cli.protocol.events import (
+    AgentDelta,
+    AgentResponse,
+    ErrorEvent,
+    SystemEvent,
+)
+
+SAFE_MESSAGES = {
+    ErrorCode.AGENT_TIMEOUT: "the agent did not answer in time",
+    ErrorCode.AGENT_ERROR: "the agent failed to answer",
+    ErrorCode.CANCELLED: "the answer was cancelled",
+    ErrorCode.AGENT_INTERRUPTED: "the server running this answer stopped; send it again",
+}
+INTERRUPTED_RETRY_AFTER_S = 1.0
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    conn: str
+    frame: str
+    error: str | None = None  # the error code, when the frame is an ``error`` (for metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A replayable event; ``body`` is its JSON without ``seq`` (the store adds it)."""
+
+    body: str
+    reply_to: str | None = None
+    answer: bool = False  # remember ``body`` (with its seq) as the answer to ``reply_to``
+    turn: tuple[str, str] | None = None  # (question, answer) for the session's history
+    release: bool = False  # the run of ``reply_to`` is over: give its claim back
+    only_if_claimed: bool = False  # publish only while ``reply_to`` is still claimed
+    error: str | None = None  # the error code, when the event is an ``error`` (for metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    chat_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    chat_id: str
+    content: str
+    history: tuple[tuple[str, str], ...]
+    origin: str  # the connection that asked (for logs)
+    attachments: tuple[str, ...] = ()  # file ids, resolved by the driver
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun:
+    chat_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRemote:
+    """The run is on another instance: ask the cluster to stop it."""
+
+    chat_id: str
+    cancel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    conn: str
+    code: int
+    reason: str
+
+
+Output = SendFrame | Publish | Claim | StartRun | CancelRun | CancelRemote | CloseConnection
+
+
+# -- the store's answer to a claim -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunningElsewhere:
+    instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    history: tuple[tuple[str, str], ...] = ()
+
+
+ClaimResult = Answered | RunningElsewhere | Claimed
+
+
+@dataclass(frozen=True, slots=True)
+class CoreLimits:
+    max_content_chars: int = 8000
+    max_inflight_per_connection: int = 4
+    timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class Run:
+    """One chat of this session handled on this instance: claiming, then running."""
+
+    origin: str  # the connection that asked
+    content: str
+    started: float  # monotonic: latency is measured from here
+    deadline: float | None = None  # set once claimed
+    running: bool = False
+    cancelled_by: str | None = None
+    timed_out: bool = False
+    attachments: tuple[str, ...] = ()
+
+
+def with_seq(body: str, seq: int) -> str:
+    """The frame of a replayable event: ``seq`` put first into its JSON object."""
+    return f'{{"seq":{seq},{body[1:]}'
+
+
+def error_body(
+    code: str, message: str, reply_to: str | None, retry_after: float | None = None
+) -> str:
+    return encode(
+        ErrorEvent(code=code, message=message, reply_to=reply_to, retry_after=retry_after)
+    )
+
+
+@dataclass(slots=True)
+class SessionCore:
+    session_id: str
+    user: str
+    limits: CoreLimits = field(default_factory=CoreLimits)
+    attached: str | None = None
+    runs: dict[str, Run] = field(default_factory=dict)
+    remote: set[str] = field(default_factory=set)  # chat ids running on other instances
+
+    # -- connections -------------------------------------------------------------------------
+
+    def attach(self, conn: str) -> list[Output]:
+        """``conn`` holds the session from now on; a connection that held it is closed."""
+        previous, self.attached = self.attached, conn
+        if previous is not None and previous != conn:
+            return [
+                CloseConnection(previous, CloseCode.NORMAL, "session resumed on another connection")
+            ]
+        return []
+
+    def detach(self, conn: str) -> None:
+        """The connection went (any close code): its runs carry on into the session."""
+        if self.attached == conn:
+            self.attached = None
+
+    def inflight(self, conn: str | None = None) -> int:
+        if conn is None:
+            return len(self.runs)
+        return sum(1 for run in self.runs.values() if run.origin == conn)
+
+    # -- client frames -------------------------------------------------------------------------
+
+    def chat(
+        self,
+        conn: str,
+        chat_id: str,
+        content: str,
+        *,
+        draining: bool,
+        attachments: tuple[str, ...] = (),
+    ) -> list[Output]:
+        """A ``chat_message`` that passed the rate limit."""
+        limits = self.limits
+        if len(content) > limits.max_content_chars:
+            return self.error(
+                conn,
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"content is longer than {limits.max_content_chars} characters",
+                chat_id,
+            )
+        if chat_id in self.runs or chat_id in self.remote:
+            return []  # in flight: its answer reaches this session anyway
+        if draining:
+            return self.error(
+                conn,
+                ErrorCode.AGENT_BUSY,
+                "the server is restarting; resend after reconnecting",
+                chat_id,
+                retry_after=1.0,
+            )
+        if self.inflight(conn) >= limits.max_inflight_per_connection:
+            return self.error(
+                conn,
+                ErrorCode.AGENT_BUSY,
+                f"at most {limits.max_inflight_per_connection} answers in flight per connection",
+                chat_id,
+                retry_after=1.0,
+            )
+        self.runs[chat_id] = Run(conn, content, 0.0, attachments=attachments)
+        return [Claim(chat_id)]
+
+    def claimed(self, chat_id: str, result: ClaimResult, now: float) -> list[Output]:
+        """The store's answer to ``Claim``."""
+        run = self.runs.get(chat_id)
+        if run is None:  # the session expired meanwhile
+            return []
+        if isinstance(result, Answered):  # answered before: the same answer, no second run
+            del self.runs[chat_id]
+            return [SendFrame(run.origin, result.frame)]
+        if isinstance(result, RunningElsewhere):
+            del self.runs[chat_id]
+            self.remote.add(chat_id)
+            return []
+        if run.cancelled_by is not None:  # cancelled while the claim was on its way
+            del self.runs[chat_id]
+            return [self._publish_error(chat_id, ErrorCode.CANCELLED)]
+        run.running = True
+        run.started = now
+        run.deadline = now + self.limits.timeout_s
+        return [StartRun(chat_id, run.content, result.history, run.origin, run.attachments)]
+
+    def cancel(self, conn: str, cancel_id: str, target: str) -> list[Output]:
+        run = self.runs.get(target)
+        if run is not None:
+            if run.cancelled_by is None and not run.timed_out:
+                run.cancelled_by = cancel_id
+                return [CancelRun(target)] if run.running else []
+            return []
+        if target in self.remote:
+            return [CancelRemote(target, cancel_id)]
+        return self.error(
+            conn, ErrorCode.NOT_IN_FLIGHT, f"no answer to {target!r} is in flight", cancel_id
+        )
+
+    def cancel_from_cluster(self, target: str, cancel_id: str) -> list[Output]:
+        """Another instance relays its client's ``cancel`` for a run of ours."""
+        run = self.runs.get(target)
+        if run is None or run.cancelled_by is not None or run.timed_out:
+            return []
+        run.cancelled_by = cancel_id
+        return [CancelRun(target)] if run.running else []
+
+    # -- the agent -------------------------------------------------------------------------------
+
+    def piece(self, chat_id: str, text: str) -> SendFrame | None:
+        """A piece of the answer, live to the attached connection (deltas are not kept)."""
+        if not text or self.attached is None or chat_id not in self.runs:
+            return None
+        return SendFrame(self.attached, encode(AgentDelta(reply_to=chat_id, delta=text)))
+
+    def live(self, chat_id: str, frame: str) -> list[Output]:
+        """A non-replayable frame about a run (an ``agent_event``) for the attached connection."""
+        if self.attached is None or chat_id not in self.runs:
+            return []
+        return [SendFrame(self.attached, frame)]
+
+    def finished(self, chat_id: str, content: str, now: float, **extra: Any) -> list[Output]:
+        """The agent's whole answer; ``extra`` carries optional ``agent_response`` fields."""
+        run = self.runs.pop(chat_id, None)
+        if run is None:
+            return []
+        if not content:
+            return [self._publish_error(chat_id, ErrorCode.AGENT_ERROR)]
+        latency_ms = round((now - run.started) * 1000, 1)
+        body = encode(
+            AgentResponse(reply_to=chat_id, content=content, latency_ms=latency_ms, **extra)
+        )
+        return [
+            Publish(body, chat_id, answer=True, turn=(run.content, content), release=True),
+        ]
+
+    def failed(self, chat_id: str, code: str, message: str | None = None) -> list[Output]:
+        """The agent failed; ``message`` is only ever a protocol code's own safe text."""
+        if self.runs.pop(chat_id, None) is None:
+            return []
+        return [self._publish_error(chat_id, code, message)]
+
+    def stopped(self, chat_id: str) -> list[Output]:
+        """The run's task ended without an outcome (we cancelled it): say why, if we know."""
+        run = self.runs.pop(chat_id, None)
+        if run is None:
+            return []
+        if run.timed_out:
+            return [self._publish_error(chat_id, ErrorCode.AGENT_TIMEOUT)]
+        if run.cancelled_by is not None:
+            return [self._publish_error(chat_id, ErrorCode.CANCELLED)]
+        return []  # stopped by a shutdown: its claim lapses, and a resume elsewhere says so
+
+    def latency_ms(self, chat_id: str, now: float) -> float | None:
+        run = self.runs.get(chat_id)
+        return None if run is None else round((now - run.started) * 1000, 1)
+
+    # -- time ------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Output]:
+        """Runs past their deadline are stopped (``stopped`` then says ``agent_timeout``)."""
+        out: list[Output] = []
+        for chat_id, run in self.runs.items():
+            due = run.deadline is not None and now >= run.deadline
+            if due and run.running and not run.timed_out:
+                run.timed_out = True
+                out.append(CancelRun(chat_id))
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            r.deadline for r in self.runs.values() if r.deadline is not None and not r.timed_out
+        ]
+        return min(deadlines) if deadlines else None
+
+    # -- the cluster -----------------------------------------------------------------------------
+
+    def remote_frame(self, frame: str, reply_to: str | None) -> list[Output]:
+        """A replayable frame another instance published into this session."""
+        if reply_to is not None:
+            self.remote.discard(reply_to)
+        return [SendFrame(self.attached, frame)] if self.attached is not None else []
+
+    def interrupted(self, chat_ids: list[str]) -> list[Output]:
+        """Runs whose instance died (their lease lapsed): the client may send them again."""
+        out: list[Output] = []
+        for chat_id in chat_ids:
+            self.remote.discard(chat_id)
+            if chat_id in self.runs:
+                continue
+            body = error_body(
+                ErrorCode.AGENT_INTERRUPTED,
+                SAFE_MESSAGES[ErrorCode.AGENT_INTERRUPTED],
+                chat_id,
+                INTERRUPTED_RETRY_AFTER_S,
+            )
+            out.append(
+                Publish(
+                    body,
+                    chat_id,
+                    release=True,
+                    only_if_claimed=True,
+                    error=ErrorCode.AGENT_INTERRUPTED,
+                )
+            )
+        return out
+
+    # -- notices ---------------------------------------------------------------------------------
+
+    def system(self, conn: str | None, **fields: Any) -> list[Output]:
+        """A replayable ``system_event`` for the session, sent if ``conn`` (or, with None,
+        any connection) holds it."""
+        if self.attached is None or (conn is not None and self.attached != conn):
+            return []
+        return [Publish(encode(SystemEvent(**fields)))]
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def error(
+        self,
+        conn: str,
+        code: str,
+        message: str,
+        reply_to: str | None = None,
+        retry_after: float | None = None,
+    ) -> list[Output]:
+        """An error for ``conn``: replayable (with ``seq``) when it answers a chat of the
+        attached connection, else live."""
+        if reply_to is not None and self.attached == conn:
+            return [Publish(error_body(code, message, reply_to, retry_after), reply_to, error=code)]
+        return [SendFrame(conn, error_body(code, message, None, retry_after), error=code)]
+
+    def _publish_error(self, chat_id: str, code: str, message: str | None = None) -> Publish:
+        text = message or SAFE_MESSAGES.get(ErrorCode(code), "the agent failed to answer")
+        return Publish(error_body(code, text, chat_id), chat_id, release=True, error=code)

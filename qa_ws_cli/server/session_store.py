@@ -1,0 +1,238 @@
+"""Where sessions live: one ``SessionStore`` interface, kept in memory or in Redis.
+
+A session is a typed value: its user, its last ``seq``, the replay log of its replayable
+events (bounded by count and age), the answers to its chat ids (bounded by count), its recent
+turns, and its claims: the chat ids being answered, each with the instance that runs it and a
+lease that instance renews. ``MemorySessionStore`` keeps it in this process (the embedded
+default); ``RedisSessionStore`` (``redis_sessions.py``) keeps it where every instance can
+resume it. The replay rules below are shared by both.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from qa_ws_cli.config import SessionSettings
+from qa_ws_cli.server.session_core import (
+    Answered,
+    Claimed,
+    ClaimResult,
+    Publish,
+    RunningElsewhere,
+    with_seq,
+)
+
+Event = tuple[int, float, str]  # (seq, wall-clock time it was kept, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """What an instance needs to resume a session at ``last_seq``."""
+
+    user: str
+    seq: int
+    frames: list[str] | None  # the kept frames after last_seq; None: the gap cannot be filled
+    running: list[str] = field(default_factory=list)  # claimed, lease alive
+    interrupted: list[str] = field(default_factory=list)  # claimed, lease lapsed
+
+
+def replay_after(
+    events: Sequence[Event], seq: int, last_seq: int, horizon: float
+) -> list[str] | None:
+    """The frames after ``last_seq`` kept since ``horizon``, or None when they are not all kept."""
+    if last_seq < 0 or last_seq > seq:
+        return None
+    if last_seq == seq:
+        return []
+    kept = [(s, frame) for s, at, frame in events if at >= horizon]
+    if not kept or kept[0][0] > last_seq + 1:
+        return None
+    return [frame for s, frame in kept if s > last_seq]
+
+
+class SessionStore(ABC):
+    """The session half of a store; ``Store`` (``store.py``) adds what instances share."""
+
+    sessions: SessionSettings = SessionSettings()
+
+    def configure(self, settings: SessionSettings) -> None:
+        self.sessions = settings
+
+    @abstractmethod
+    async def create(self, session_id: str, user: str) -> None:
+        """A new, empty session of ``user``."""
+
+    @abstractmethod
+    async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
+        """The session, or None when it is unknown, expired or its record is malformed."""
+
+    @abstractmethod
+    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+        """Atomically: the stored answer, the instance running it, or the claim is ours."""
+
+    @abstractmethod
+    async def append(
+        self, session_id: str, user: str, event: Publish, min_seq: int = 0
+    ) -> tuple[int, str] | None:
+        """Keep a replayable event: its ``seq`` (at least ``min_seq``) and its frame; None when
+        ``event.only_if_claimed`` and the claim is gone."""
+
+    @abstractmethod
+    async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
+        """The kept frames after ``seq`` (to close the gap between a resume and its attach)."""
+
+    @abstractmethod
+    async def renew(self, claims: Iterable[tuple[str, str]], instance: str) -> None:
+        """Renew the leases of ``(session_id, chat_id)`` runs this instance is running."""
+
+    @abstractmethod
+    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+        """Those of ``chat_ids`` still claimed whose lease lapsed (their instance died)."""
+
+    @abstractmethod
+    async def touch(self, session_ids: Iterable[str]) -> None:
+        """Keep attached sessions alive: their TTL counts from now."""
+
+    def expired_sessions(self) -> list[str]:
+        """Sessions dropped since the last call (their runs on this instance are stopped)."""
+        return []
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    user: str
+    expires_at: float
+    seq: int = 0
+    events: deque[Event] | None = None  # made on first use: most sessions stay empty
+    answers: dict[str, str] = field(default_factory=dict)
+    history: deque[tuple[str, str]] | None = None
+    claims: dict[str, tuple[str, float]] = field(default_factory=dict)  # chat id: (instance, lease)
+
+
+class MemorySessionStore(SessionStore):
+    """Sessions in this process: one instance, or the fallback while Redis is away."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, SessionRecord] = {}
+        self._expired: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _get(self, session_id: str) -> SessionRecord | None:
+        record = self.records.get(session_id)
+        if record is not None and record.expires_at < time.time():
+            del self.records[session_id]
+            self._expired.append(session_id)
+            return None
+        return record
+
+    def _record(self, session_id: str, user: str) -> SessionRecord:
+        record = self._get(session_id)
+        if record is None:
+            record = SessionRecord(user, time.time() + self.sessions.ttl_s)
+            self.records[session_id] = record
+        return record
+
+    async def create(self, session_id: str, user: str) -> None:
+        self._record(session_id, user)
+
+    async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
+        record = self._get(session_id)
+        if record is None:
+            return None
+        now = time.time()
+        record.expires_at = now + self.sessions.ttl_s
+        horizon = now - self.sessions.buffer_age_s
+        frames = replay_after(record.events or (), record.seq, last_seq, horizon)
+        running = [c for c, (_, lease) in record.claims.items() if lease >= now]
+        lapsed = [c for c, (_, lease) in record.claims.items() if lease < now]
+        return ResumeRecord(record.user, record.seq, frames, running, lapsed)
+
+    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+        record = self._get(session_id)
+        if record is None:
+            return Claimed()
+        stored = record.answers.get(chat_id)
+        if stored is not None:
+            return Answered(stored)
+        now = time.time()
+        holder = record.claims.get(chat_id)
+        if holder is not None and holder[1] >= now and holder[0] != instance:
+            return RunningElsewhere(holder[0])
+        record.claims[chat_id] = (instance, now + self.sessions.run_lease_s)
+        return Claimed(tuple(record.history or ()))
+
+    async def append(
+        self, session_id: str, user: str, event: Publish, min_seq: int = 0
+    ) -> tuple[int, str] | None:
+        record = self._record(session_id, user)
+        settings = self.sessions
+        chat_id = event.reply_to
+        if event.only_if_claimed and (chat_id is None or chat_id not in record.claims):
+            return None
+        record.seq = seq = max(record.seq + 1, min_seq)
+        frame = with_seq(event.body, seq)
+        now = time.time()
+        if settings.buffer_events:
+            if record.events is None:
+                record.events = deque(maxlen=settings.buffer_events)
+            record.events.append((seq, now, frame))
+        if chat_id is not None:
+            if event.answer and settings.max_answered_ids:
+                answers = record.answers
+                answers[chat_id] = frame
+                if len(answers) > settings.max_answered_ids:
+                    del answers[next(iter(answers))]  # the oldest: dicts keep insertion order
+            if event.release:
+                record.claims.pop(chat_id, None)
+        if event.turn is not None and settings.history_turns:
+            if record.history is None:
+                record.history = deque(maxlen=settings.history_turns)
+            record.history.append(event.turn)
+        record.expires_at = now + settings.ttl_s
+        return seq, frame
+
+    async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
+        record = self._get(session_id)
+        if record is None:
+            return []
+        return [(s, frame) for s, _, frame in record.events or () if s > seq]
+
+    async def renew(self, claims: Iterable[tuple[str, str]], instance: str) -> None:
+        lease = time.time() + self.sessions.run_lease_s
+        for session_id, chat_id in claims:
+            record = self.records.get(session_id)
+            if record is not None and chat_id in record.claims:
+                record.claims[chat_id] = (instance, lease)
+
+    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+        record = self._get(session_id)
+        if record is None:
+            return []
+        now = time.time()
+        return [c for c in chat_ids if c in record.claims and record.claims[c][1] < now]
+
+    async def touch(self, session_ids: Iterable[str]) -> None:
+        expires_at = time.time() + self.sessions.ttl_s
+        for session_id in session_ids:
+            record = self.records.get(session_id)
+            if record is not None:
+                record.expires_at = expires_at
+
+    def sweep(self) -> int:
+        """Drop expired sessions (the memory of users who left)."""
+        now = time.time()
+        expired = [sid for sid, record in self.records.items() if record.expires_at < now]
+        for session_id in expired:
+            del self.records[session_id]
+        self._expired.extend(expired)
+        return len(expired)
+
+    def expired_sessions(self) -> list[str]:
+        expired, self._expired = self._expired, []
+        return expired

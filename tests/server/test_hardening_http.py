@@ -1,0 +1,174 @@
+"""Hostile HTTP (issue 11, points 2, 10, 11, 12, 13, 14): generic answers, short escaped logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from qa_ws_cli.auth.tokens import issue_token
+from tests.conftest import ServerProcess, make_settings
+from tests.server.hostile import exchange, log_lines, port_of, start_server
+
+GENERIC_400 = {"error": "bad_request", "detail": "the request could not be parsed"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> ServerProcess:
+    return start_server(tmp_path)
+
+
+def http_url(server: ServerProcess) -> str:
+    return server.url.replace("ws", "http", 1).removesuffix("/ws")
+
+
+def split(answer: bytes) -> tuple[str, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+async def test_malformed_requests_get_a_generic_400_and_short_log_lines(
+    server: ServerProcess,
+) -> None:
+    port = port_of(server)
+    garbage = [
+        b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    ] * 10
+    for request in garbage:
+        head, body = split(await exchange(port, request))
+        assert head.split(" ")[1] == "400", head
+        assert json.loads(body) == GENERIC_400
+        assert "\r\nServer: qa-ws\r\n" in head
+    output = server.output()
+    assert "Traceback" not in output
+    lines = log_lines(server, "bad_request")
+    assert lines and len(lines) < 10  # rate-limited: about one a second, with a count
+    assert sum(int(line.split("count=")[1].split()[0]) for line in lines) <= len(garbage)
+
+
+async def test_a_100_kb_token_is_not_echoed(server: ServerProcess) -> None:
+    secret_part = "eyJhbGciOiJIUzI1NiJ9." + "A" * 100_000
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret_part}\r\n\r\n"
+    ).encode()
+    head, body = split(await exchange(port_of(server), request))
+    assert head.split(" ")[1] == "400", head
+    assert json.loads(body) == GENERIC_400
+    assert b"AAAA" not in head.encode() + body and "AAAA" not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json; charset=nonexistent", b'{"message": "hi"}'),
+        ("application/json", b"[" * 30_000 + b"]" * 30_000),
+        ("application/json", b'{"message": "hi", "n": ' + b"9" * 5000 + b"}"),
+        ("application/json", b"\xff\xfe not json"),
+    ],
+    ids=["charset", "deep", "digits", "bytes"],
+)
+async def test_admin_broadcast_answers_400_json_to_hostile_bodies(
+    tmp_path: Path, server: ServerProcess, content_type: str, body: bytes
+) -> None:
+    admin = issue_token(make_settings(tmp_path), "ops", scope="admin")[0]
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": content_type}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(http_url(server) + "/admin/broadcast", data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_json"
+    assert "Traceback" not in server.output()
+
+
+async def test_every_response_says_server_qa_ws_and_the_page_forbids_framing(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    base = http_url(server)
+    tok = issue_token(make_settings(tmp_path), "alice")[0]
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/healthz", "/readyz", "/metrics", "/nope", "/ws"):
+            async with http.get(base + path) as resp:
+                assert resp.headers["Server"] == "qa-ws", path
+                assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+                assert resp.headers["Referrer-Policy"] == "no-referrer", path
+        async with http.get(base + "/") as resp:
+            assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        async with http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}) as ws:
+            assert ws._response.headers["Server"] == "qa-ws"  # the 101 too
+    assert "Python/" not in server.output()
+
+
+async def test_metrics_behind_a_token(tmp_path: Path) -> None:
+    server = start_server(tmp_path, env={"WEBSOCKET_METRICS__TOKEN": "scrape-me-please"})
+    url = http_url(server) + "/metrics"
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": "Bearer wrong"}, 401),
+            ({"Authorization": "Bearer scrape-me-please"}, 200),
+        ):
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == status
+                if status == 200:
+                    assert "qa_ws_connections" in await resp.text()
+
+
+async def test_metrics_refused_on_a_public_bind_without_a_token(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--host", "0.0.0.0")
+    url = f"http://127.0.0.1:{port_of(server)}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/metrics") as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"] == "metrics_token_required"
+        async with http.get(url + "/healthz") as resp:
+            assert resp.status == 200
+
+
+async def test_control_characters_never_reach_a_console_line(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    evil_sub = "mallory\r\n12:00:00 INFO    FORGED-SUB\x1b[2J\x9b"
+    tok = issue_token(make_settings(tmp_path), evil_sub)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(http_url(server) + "/admin/%0d%0aFORGED-PATH%1b[2J") as resp:
+            assert resp.status == 401
+        async with http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}) as ws:
+            assert (await ws.receive_json(timeout=10))["user"] == evil_sub
+        for _ in range(200):  # the disconnect line comes once the server saw the close
+            if log_lines(server, "disconnect"):
+                break
+            await asyncio.sleep(0.05)
+    output = server.output()
+    assert "\x1b" not in output and "\x9b" not in output and "\r" not in output
+    for line in output.splitlines():
+        assert not line.startswith(("FORGED", "12:00:00 INFO    FORGED")), line
+    assert any("FORGED-PATH" in line and "refused" in line for line in output.splitlines())
+    assert any("\\r\\n12:00:00" in line for line in log_lines(server, "connect"))
+    assert any("\\x1b[2J" in line for line in log_lines(server, "disconnect"))
+
+
+async def test_a_token_last_in_the_query_keeps_status_and_ms_in_the_access_line(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    tok = issue_token(make_settings(tmp_path), "alice")[0]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(http_url(server) + f"/healthz?x=1&token={tok}") as resp,
+    ):
+        assert resp.status == 200
+    lines: list[str] = []
+    for _ in range(200):  # the access line is written just after the answer is sent
+        lines = [line for line in log_lines(server, " http ") if "/healthz" in line]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert lines and "token=[redacted]" in lines[0]
+    assert "status=200" in lines[0] and "ms=" in lines[0]
+    assert tok not in server.output()
