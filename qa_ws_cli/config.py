@@ -5,12 +5,16 @@ Environment variables use the ``WEBSOCKET_`` prefix and ``__`` between levels
 (``WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE=120``); the plan's short names
 ``WEBSOCKET_HOST``, ``WEBSOCKET_PORT`` and ``WEBSOCKET_SECRET_KEY`` work too.
 ``load_settings`` also records where each value came from, for ``qa-ws config show``.
+
+``qa-ws serve --dev`` keeps its generated secret in a state file (``dev_secret_path``) so that
+tokens minted by ``qa-ws token issue`` or ``--sub`` work against it and survive its restarts.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +32,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from qa_ws_cli.devsecret import MIN_SECRET_BYTES, dev_secret_path, keep_dev_secret, read_dev_secret
 from qa_ws_cli.errors import ConfigError
 
 ENV_PREFIX = "WEBSOCKET_"
 DEFAULT_CONFIG = Path("configs/default.yaml")
-MIN_SECRET_BYTES = 32
 MAX_TOKEN_TTL_S = 366 * 86400  # `token issue` refuses longer lifetimes (a year and a day)
 _ENV_ALIASES = {
     "WEBSOCKET_HOST": ("server", "host"),
@@ -239,6 +243,14 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, *_sources: Any, **_named: Any
+    ) -> tuple[Any, ...]:
+        """Only the values given: ``load_settings`` layers file, environment and flags itself
+        (so ``environ={}`` means no environment, and the defaults are the built-in ones)."""
+        return (init_settings,)
+
     def secret(self) -> str | None:
         key = self.security.secret_key
         return key.get_secret_value() if key is not None else None
@@ -247,8 +259,19 @@ class Settings(BaseSettings):
 @dataclass
 class LoadedSettings:
     settings: Settings
+    # dotted path -> "file PATH", "environment", "flag" or "dev secret PATH"; absent: default
     origins: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
+    # dotted path -> the environment variable that set it, for the paths from "environment"
+    env_names: dict[str, str] = field(default_factory=dict)
+
+    def source(self, path: str) -> str:
+        """Where a value came from, as a user would name it: ``default``, ``file configs/x.yaml``,
+        ``env WEBSOCKET_PORT``, ``flag``, ``dev secret ~/.local/state/qa-ws/dev-secret``."""
+        origin = self.origins.get(path, "default")
+        if origin == "environment" and path in self.env_names:
+            return f"env {self.env_names[path]}"
+        return origin
 
 
 def _merge(
@@ -290,31 +313,76 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return section
 
 
-def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    env = dict(os.environ if environ is None else environ)
+def _env_source(env: Mapping[str, str]) -> dict[str, Any]:
     source = EnvSettingsSource(
         Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
     )
     source.env_vars = {k.lower(): v for k, v in env.items()}
     values: dict[str, Any] = source()
+    return values
+
+
+def env_layers(environ: Mapping[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """One layer per ``WEBSOCKET_*`` variable, named by it, in the order they apply.
+
+    Deeper names apply after shallower ones (``WEBSOCKET_SERVER__PORT`` over a JSON
+    ``WEBSOCKET_SERVER``), as pydantic-settings merges them; the short aliases come last.
+    """
+    env = dict(os.environ if environ is None else environ)
+    names = [k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in _ENV_ALIASES]
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for name in sorted(names, key=lambda k: (k.count("__"), k)):
+        layer = _env_source({name: env[name]})
+        if layer:
+            layers.append((name, layer))
     for name, (section, key) in _ENV_ALIASES.items():
         if name in env:
-            values.setdefault(section, {})[key] = env[name]
-    return values
+            layers.append((name, {section: {key: env[name]}}))
+    return layers
 
 
 def _error_path(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors(include_url=False)[0]
     path = ".".join(str(p) for p in ("websocket", *err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return path, unknown_key_message(tuple(str(p) for p in err["loc"]))
     return path, err["msg"]
+
+
+def _section_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for name in loc:
+        info = model.model_fields.get(name)
+        annotation = info.annotation if info is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def unknown_key_message(loc: tuple[str, ...]) -> str:
+    """``unknown setting; did you mean `port`?`` for a key that is not a field where it sits."""
+    section = _section_at(loc[:-1])
+    if section is None:
+        return "unknown setting"
+    valid = list(section.model_fields)
+    close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+    if close:
+        return f"unknown setting; did you mean `{close[0]}`?"
+    return "unknown setting; valid here: " + ", ".join(f"`{name}`" for name in valid)
 
 
 def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    dev_secret: bool = False,
 ) -> LoadedSettings:
-    """Layer the sources; raise ``ConfigError`` naming the bad field's path."""
+    """Layer the sources; raise ``ConfigError`` naming the bad field's path.
+
+    With ``dev_secret``, a secret kept by ``qa-ws serve --dev`` fills in a missing one.
+    """
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
     path = config_file
@@ -322,15 +390,26 @@ def load_settings(
         path = DEFAULT_CONFIG
     if path is not None:
         _merge(merged, read_yaml(path), f"file {path}", origins)
-    _merge(merged, read_env(environ), "environment", origins)
+    env_names: dict[str, str] = {}
+    for name, layer in env_layers(environ):
+        _merge(merged, layer, name, env_names)
+    origins.update(dict.fromkeys(env_names, "environment"))
     _merge(merged, overrides or {}, "flag", origins)
+    for flagged in (p for p in origins if origins[p] == "flag"):
+        env_names.pop(flagged, None)
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
         where, msg = _error_path(exc)
         raise ConfigError(f"{where}: {msg}", path=where) from None
     settings = _absolute_revocation_file(settings, origins, path)
-    return LoadedSettings(settings=settings, origins=origins, config_file=path)
+    loaded = LoadedSettings(settings, origins, path, env_names)
+    if dev_secret:
+        kept = with_dev_secret(settings, environ)
+        if kept is not settings:
+            loaded.settings = kept
+            loaded.origins["security.secret_key"] = f"dev secret {dev_secret_path(environ)}"
+    return loaded
 
 
 def _absolute_revocation_file(
@@ -377,31 +456,54 @@ def flatten(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def ensure_secret(settings: Settings, *, dev: bool) -> Settings:
-    """Authentication needs a strong key; ``--dev`` makes an ephemeral one instead.
+# -- the signing secret -----------------------------------------------------------------------
+
+
+def _needs_shared_secret(settings: Settings) -> bool:
+    auth = settings.security.authentication
+    return auth.enabled and not auth.jwks_url and auth.algorithm.startswith("HS")
+
+
+def _with_secret(settings: Settings, secret: str) -> Settings:
+    security = settings.security.model_copy(update={"secret_key": SecretStr(secret)})
+    return settings.model_copy(update={"security": security})
+
+
+def with_dev_secret(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with the secret ``serve --dev`` kept when none is configured."""
+    if settings.secret() is not None or not _needs_shared_secret(settings):
+        return settings
+    kept = read_dev_secret(dev_secret_path(environ))
+    return settings if kept is None else _with_secret(settings, kept)
+
+
+def ensure_secret(
+    settings: Settings, *, dev: bool, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Path | None]:
+    """Authentication needs a strong key; ``--dev`` keeps one in the state file instead.
 
     Every HMAC algorithm (HS256/384/512) needs a secret of 32+ bytes, whatever else is set; an
-    asymmetric one needs a readable public key file, or a JWKS URL.
+    asymmetric one needs a readable public key file, or a JWKS URL. Returns the settings to
+    serve with, and the dev secret's file when that is the key.
     """
     auth = settings.security.authentication
     if not auth.enabled or auth.jwks_url:
-        return settings
+        return settings, None
     if not auth.algorithm.startswith("HS"):
         _check_key_file(auth)
-        return settings
+        return settings, None
     secret = settings.secret()
     if secret is not None and len(secret.encode()) >= MIN_SECRET_BYTES:
-        return settings
+        return settings, None
     if dev and secret is None:
-        security = settings.security.model_copy(
-            update={"secret_key": SecretStr(secrets.token_urlsafe(48))}
-        )
-        return settings.model_copy(update={"security": security})
+        path = dev_secret_path(environ)
+        return _with_secret(settings, keep_dev_secret(path)[0]), path
     problem = "is missing" if secret is None else f"is shorter than {MIN_SECRET_BYTES} bytes"
     raise ConfigError(
         f"the signing secret {problem}: set WEBSOCKET_SECRET_KEY to {MIN_SECRET_BYTES}+ random "
         "bytes (e.g. `export WEBSOCKET_SECRET_KEY=$(python -c 'import secrets; "
-        "print(secrets.token_urlsafe(48))')`), or use --dev for an ephemeral one",
+        "print(secrets.token_urlsafe(48))')`), or use --dev for a development secret kept in "
+        f"{dev_secret_path(environ)}",
         path="websocket.security.secret_key",
     )
 

@@ -16,7 +16,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.handshake import ClientOptions, check_url
 from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
 from qa_ws_cli.client.plain import explain
-from qa_ws_cli.config import LoadedSettings, Settings, load_settings
+from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConfigError,
@@ -39,7 +39,7 @@ ConfigOption = Annotated[
 ]
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="Server URL (default: from the config).")
+    str | None, typer.Option("--url", "-u", help="Server URL (default: from the config).")
 ]
 TokenOption = Annotated[
     str | None,
@@ -69,9 +69,23 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) -> LoadedSettings:
+def settings_from(
+    config: Path | None, overrides: dict[str, Any] | None = None, *, dev_secret: bool = False
+) -> LoadedSettings:
+    """The layered settings; ``dev_secret``: fall back on the secret ``serve --dev`` keeps."""
     try:
-        return load_settings(config, _prune(overrides or {}))
+        return load_settings(config, _prune(overrides or {}), dev_secret=dev_secret)
+    except ConfigError as exc:
+        fail(exc.message)
+
+
+SIGNING_HINT = ", or run `qa-ws serve --dev` (it keeps a development secret for these commands)"
+
+
+def signing_settings(settings: Settings) -> Settings:
+    """Settings to mint tokens with: the configured secret, else the one ``serve --dev`` keeps."""
+    try:
+        return with_dev_secret(settings)
     except ConfigError as exc:
         fail(exc.message)
 
@@ -100,10 +114,12 @@ def resolve_token(settings: Settings, token: str | None, sub: str | None) -> str
     if token:
         return token
     if sub:
+        signing = signing_settings(settings)
         try:
-            return issue_token(settings, sub, ttl_s=3600)[0]
+            return issue_token(signing, sub, ttl_s=3600)[0]
         except QaWsError as exc:
-            fail(f"--sub needs the signing key: {exc.message}")
+            hint = SIGNING_HINT if signing.secret() is None else ""
+            fail(f"--sub needs the signing key: {exc.message}{hint}")
     return None
 
 
@@ -123,7 +139,14 @@ def client_options(
     problem = check_url(url)
     if problem:
         fail(f"--url {problem}", EXIT_USAGE)
-    signer = (lambda: issue_token(settings, sub, ttl_s=3600)[0]) if sub and not token else None
+    signer: Callable[[], str] | None = None
+    if sub and not token:
+        signing, user = signing_settings(settings), sub
+
+        def mint() -> str:
+            return issue_token(signing, user, ttl_s=3600)[0]
+
+        signer = mint
     return ClientOptions(
         url=url,
         token=resolve_token(settings, token, sub),

@@ -217,22 +217,29 @@ def command(
     questions: Annotated[
         int, typer.Option("--questions", min=1, max=50, help="Questions each stress client asks.")
     ] = 2,
-    latency_ms: Annotated[
-        float, typer.Option("--latency-ms", min=0, help="Latency of the demo agent.")
+    demo_latency_ms: Annotated[
+        float, typer.Option("--demo-latency-ms", min=0, help="Latency of the demo agent.")
     ] = 200.0,
-    agent: Annotated[str, typer.Option("--agent", help="Agent spec for the server.")] = "demo",
+    agent: Annotated[
+        str, typer.Option("--agent", "-a", help="Agent spec for the server (as in serve).")
+    ] = "demo",
 ) -> None:
     """Start a local server with the demo agent and play the demos: a streamed chat, refused
     and accepted authentication, and a small stress run; then stop the server with SIGTERM.
 
     Exit code 0 when every step passed, 1 otherwise.
+
+    Examples:
+      qa-ws demo
+      qa-ws demo --clients 200 --questions 5 --demo-latency-ms 50
+      qa-ws demo -a echo
     """
     with tempfile.TemporaryDirectory(prefix="qa-ws-demo-") as tmp:
         server = LocalServer(
             Path(tmp),
             scenario="chat",
             agent=agent,
-            demo_latency_ms=latency_ms,
+            demo_latency_ms=demo_latency_ms,
             config_file=os.devnull,
         )
         try:

@@ -8,19 +8,33 @@ import typer
 
 from qa_ws_cli import __version__
 from qa_ws_cli.cli import bench, config_cmd, demo, repl, send, serve, token
+from qa_ws_cli.cli.help import Command, Group
+
+HELP = """A real-time WebSocket gateway for a QA agent, and the tools to operate and load-test it.
+
+Options mean the same in every command: -u/--url, -t/--token, --sub, -c/--config,
+-a/--agent, --json (a flag). Each command's --help has examples.
+
+Examples:
+  qa-ws serve --dev
+  qa-ws token issue --sub you
+  qa-ws send "how do I test a login form?" --sub you
+  qa-ws demo
+"""
 
 app = typer.Typer(
     name="qa-ws",
-    help="A real-time WebSocket gateway for a QA agent, and the tools to operate and load-test it.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
-app.command("serve")(serve.command)
-app.command("send")(send.command)
-app.command("bench")(bench.command)
-app.command("repl")(repl.command)
-app.command("demo")(demo.command)
+app.command("serve", cls=Command)(serve.command)
+app.command("send", cls=Command)(send.command)
+app.command("bench", cls=Command)(bench.command)
+app.command("repl", cls=Command)(repl.command)
+app.command("demo", cls=Command)(demo.command)
 app.add_typer(token.app, name="token")
 app.add_typer(config_cmd.app, name="config")
 
@@ -40,10 +54,7 @@ def root(
         ),
     ] = False,
 ) -> None:
-    """qa-ws: serve, talk to and load-test the QA agent's WebSocket gateway.
-
-    Start with: qa-ws serve --dev
-    """
+    """qa-ws: serve, talk to and load-test the QA agent's WebSocket gateway."""
 
 
 def main() -> None:

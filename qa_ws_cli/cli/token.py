@@ -14,13 +14,16 @@ from redis.exceptions import RedisError
 from qa_ws_cli.auth.revocation import RevocationList, Revocations
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
 from qa_ws_cli.cli.common import (
+    SIGNING_HINT,
     ConfigOption,
+    err_console,
     fail,
     failures,
     out_console,
     read_stdin_value,
     settings_from,
 )
+from qa_ws_cli.cli.help import Command, Group
 from qa_ws_cli.config import (
     MAX_TOKEN_TTL_S,
     Settings,
@@ -28,9 +31,22 @@ from qa_ws_cli.config import (
     redact_url,
     store_scheme_problem,
 )
+from qa_ws_cli.errors import QaWsError
 from qa_ws_cli.server.redis_revocations import RedisRevocations
 
-app = typer.Typer(help="Mint, check and revoke JSON Web Tokens.", no_args_is_help=True)
+app = typer.Typer(
+    help="""Mint, check and revoke JSON Web Tokens.
+
+    Without WEBSOCKET_SECRET_KEY these use the development secret `qa-ws serve --dev` keeps.
+
+    Examples:
+      qa-ws token issue --sub alice --ttl 1h
+      qa-ws token verify "$TOKEN"
+      qa-ws token revoke "$TOKEN"
+    """,
+    no_args_is_help=True,
+    cls=Group,
+)
 
 TokenArg = Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")]
 
@@ -42,7 +58,7 @@ def _when(ts: Any) -> str:
         return str(ts)
 
 
-@app.command()
+@app.command(cls=Command)
 def issue(
     sub: Annotated[str, typer.Option("--sub", help="User id (the token's subject).")],
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 90s, 15m, 1h, 7d.")] = "1h",
@@ -54,7 +70,8 @@ def issue(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print a token signed with the configured key (WEBSOCKET_SECRET_KEY for HS256).
+    """Print a token signed with the configured key (WEBSOCKET_SECRET_KEY for HS256), or else
+    with the development secret `qa-ws serve --dev` keeps, so the token works against it.
 
     Example: qa-ws token issue --sub alice --ttl 1h --scope chat
     """
@@ -66,23 +83,29 @@ def issue(
         fail("--ttl must be positive")
     if ttl_s > MAX_TOKEN_TTL_S:
         fail(f"--ttl must be at most {MAX_TOKEN_TTL_S // 86400}d (a year and a day)")
-    settings = settings_from(config).settings
-    with failures():
+    loaded = settings_from(config, dev_secret=True)
+    settings = loaded.settings
+    source = loaded.source("security.secret_key")
+    if source.startswith("dev secret "):
+        err_console.print(f"signed with the {source} (no WEBSOCKET_SECRET_KEY set)", markup=False)
+    try:
         token, claims = issue_token(settings, sub, ttl_s=ttl_s, scope=scope)
+    except QaWsError as exc:
+        fail(exc.message + (SIGNING_HINT if settings.secret() is None else ""))
     if as_json:
         print(json.dumps({"token": token, "claims": claims}))
     else:
         print(token)
 
 
-@app.command()
+@app.command(cls=Command)
 def verify(token: TokenArg, config: ConfigOption = None) -> None:
     """Check a token against the configured key, issuer and audience; exit 1 with the reason.
 
     Example: qa-ws token verify "$TOKEN"
     """
     token = read_stdin_value(token)
-    settings = settings_from(config).settings
+    settings = settings_from(config, dev_secret=True).settings
     auth = settings.security.authentication
     with failures():
         claims = TokenVerifier(auth, settings.secret()).verify(token)
@@ -101,7 +124,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def revoke(
     token: Annotated[str | None, typer.Argument(help="The token, or - for stdin.")] = None,
     jti: Annotated[str | None, typer.Option("--jti", help="Revoke by token id instead.")] = None,
