@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from qa_ws_cli.config import SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
+from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_sessions import RedisSessionStore
 from qa_ws_cli.server.session_core import ClaimResult, Publish
 from qa_ws_cli.server.session_store import ResumeRecord
@@ -72,7 +73,7 @@ def check_store_url(url: str) -> str:
     return url
 
 
-class RedisStore(RedisSessionStore, Store):
+class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
     name = "redis"
 
     def __init__(
@@ -337,6 +338,8 @@ class RedisStore(RedisSessionStore, Store):
         elif kind == "cancel":
             for peer in self._peers:
                 peer.deliver_cancel(str(msg["s"]), str(msg["t"]), str(msg["i"]))
+        else:
+            await self._dispatch_operator(kind, msg)  # notify, connections, disconnect
 
     # -- health and lifetime -------------------------------------------------------------------
 
