@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli import __version__
-from qa_ws_cli.cli import bench, config_cmd, demo, repl, send, serve, token
+from qa_ws_cli.cli import admin, bench, config_cmd, demo, repl, send, serve, status, token
 
 app = typer.Typer(
     name="qa-ws",
@@ -22,6 +22,12 @@ app.command("bench")(bench.command)
 app.command("repl")(repl.command)
 app.command("demo")(demo.command)
 app.add_typer(token.app, name="token")
+# the operator's commands (admin API; README "Operating the service")
+app.command("status")(status.command)
+app.command("connections")(admin.connections)
+app.command("notify")(admin.notify)
+app.command("disconnect")(admin.disconnect)
+app.command("broadcast")(admin.broadcast)
 app.add_typer(config_cmd.app, name="config")
 
 
