@@ -82,8 +82,7 @@ class AdminClient:
                 text = await resp.text(errors="replace")
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = printable(str(exc) or type(exc).__name__, 160)
-            raise ServerUnreachable(f"cannot reach {self.base}: {reason}") from None
+            raise ServerUnreachable(f"cannot reach {self.base}: {_reason(exc)}") from None
         if status >= 400 and status not in accept:
             raise _refused(status, text, path)
         return status, text
@@ -119,6 +118,16 @@ class AdminClient:
         body = {"user": user} if user is not None else {"connection_id": connection_id}
         answer = await self.json("POST", "/admin/disconnect", body=body)
         return int(answer["disconnected"])
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused (is the server running on that port?)"
+        return printable(exc.os_error.strerror or str(exc.os_error), 160).lower()
+    return printable(str(exc) or type(exc).__name__, 160)
 
 
 def _refused(status: int, text: str, path: str) -> HandshakeRefused | RequestRefused:
