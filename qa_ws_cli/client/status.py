@@ -112,7 +112,7 @@ class StatusProbe:
         if second is None:
             return status
         self.last = second
-        _from_metrics(status, first, second)
+        summarize(status, first, second)
         await self._instances(status)
         return status
 
@@ -145,7 +145,7 @@ class StatusProbe:
             status.problems.append(f"instances: {exc.message}")
 
 
-def _from_metrics(status: Status, first: Reading, second: Reading) -> None:
+def summarize(status: Status, first: Reading, second: Reading) -> None:
     build = second.info("qa_ws_build_info")
     status.version = build.get("version", "?")
     status.instance = build.get("instance", "?")
