@@ -7,7 +7,8 @@
   so the cap counts every instance and a crashed instance's slots come back by themselves.
 - Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
   connections received it, so ``delivered_to`` is the cluster's), frames published into a
-  session whose connection is on another instance, and relayed cancels.
+  session whose connection is on another instance, and relayed cancels; and the operator's
+  requests (notify, connections, disconnect) with the per-user inboxes (``redis_ops.py``).
 
 Redis being away never takes the gateway down. Every call fails fast (short timeouts, one
 retry); the first failure logs one warning and for ``RETRY_S`` every call goes straight to
