@@ -5,9 +5,12 @@ and the one line and exit code each error gets (2 usage, 1 refused request, 3 ba
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pexpect
 import pytest
 from typer.testing import CliRunner
 
@@ -130,3 +133,23 @@ def test_a_dead_url_is_one_line_and_exit_4(name: str) -> None:
     extra = {"disconnect": ["--user", "a"], "broadcast": ["hi"]}.get(name, [])
     code, out = run(name, *extra, "-u", DEAD, "-t", "T")
     assert code == 4 and out.count("\n") == 1 and f"cannot reach {DEAD}" in out
+
+
+def test_status_watch_refreshes_until_ctrl_c(server: ServerProcess, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_WS_")}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qa_ws_cli", "status", "--watch", "-u", server.url, "--interval", "0.2"],
+        env={**env, "COLUMNS": "120"},
+        cwd=str(tmp_path),
+        encoding="utf-8",
+        timeout=20,
+    )
+    try:
+        for _ in range(3):  # the first view and two refreshes in place
+            child.expect("p95 latency")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0 and "Traceback" not in (child.before or "")
