@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -135,6 +136,9 @@ class LimitSettings(_Section):
     send_queue_bytes: int = Field(1024 * 1024, ge=1024)
     heartbeat_s: float = Field(20.0, ge=0, description="0 turns server pings off")
     idle_timeout_s: float = Field(0.0, ge=0, description="0: no idle timeout")
+    max_frames_per_second: int = Field(
+        100, ge=1, description="per connection, every frame type; past it: rate_limited"
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="POST /files, per file")
     file_ttl_s: float = Field(3600.0, gt=0, description="how long an uploaded file is kept")
     file_url_ttl_s: float = Field(300.0, gt=0, description="signed URLs of produced files")
@@ -188,6 +192,16 @@ class ShutdownSettings(_Section):
 
 
 STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (Redis URLs may carry one: never print it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def store_scheme_problem(url: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.cli.main import app
 from tests.conftest import ServerProcess, make_settings, server_env
 from tests.redis_server import RedisServer
-from tests.server.wire import answer_to, chat, eventually, next_event, until
+from tests.server.wire import answer_to, chat, close_code, eventually, next_event, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -164,3 +167,36 @@ async def test_redis_restarted_mid_run_degrades_and_recovers(
 async def _ready_is(http: aiohttp.ClientSession, base: str, status: int) -> bool:
     async with http.get(base + "/readyz") as response:
         return response.status == status
+
+
+async def test_a_revocation_closes_connections_on_every_instance_and_refuses_handshakes(
+    pair: tuple[ServerProcess, ServerProcess],
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+) -> None:
+    a, b = pair
+    token = issue_token(make_settings(tmp_path), "hank")[0]
+    other = headers(tmp_path, "iris")  # another user: untouched
+    auth = {"Authorization": f"Bearer {token}"}
+    async with (
+        http.ws_connect(b.url, headers=auth) as on_b,
+        http.ws_connect(b.url, headers=other) as bystander,
+    ):
+        await next_event(on_b)
+        await next_event(bystander)
+        result = CliRunner().invoke(
+            app, ["token", "revoke", token, "--redis-url", redis_server.url]
+        )
+        assert result.exit_code == 0, result.output
+        assert "Redis" in result.output
+        started = time.monotonic()
+        assert await close_code(on_b, timeout=5) == 4003
+        assert time.monotonic() - started < 2.5  # pub/sub, not the 5 s re-read
+        assert (await chat(bystander, "still", "here"))["type"] == "agent_response"
+    for server in (a, b):
+        async with http.get(server.url, headers=auth) as refused:
+            assert refused.status == 401
+            assert (await refused.json())["error"] == "token_revoked"
+    async with http.ws_connect(a.url, headers=other) as ws:  # other tokens still work
+        assert (await next_event(ws))["event"] == "connected"

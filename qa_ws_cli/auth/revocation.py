@@ -109,3 +109,41 @@ class RevocationList(Revocations):
             return True
         before = self._subjects.get(sub) if sub is not None else None
         return before is not None and (iat is None or iat < before)
+
+
+class RevocationCache(Revocations):
+    """A local list merged with entries read from a shared store (Redis), so that a handshake
+    checks revocations with no round trip: the gateway refreshes the shared half on every
+    revocation message from the other instances and every few seconds."""
+
+    def __init__(self, local: Revocations) -> None:
+        self.local = local
+        self._ids: dict[str, float] = {}
+        self._subjects: dict[str, float] = {}
+
+    def update(self, ids: dict[str, float], subjects: dict[str, float]) -> None:
+        """The shared entries, as read from the store (``sub`` -> ``before``)."""
+        self._ids, self._subjects = ids, subjects
+
+    def revoke(self, jti: str, exp: float) -> None:
+        self.local.revoke(jti, exp)
+
+    def revoke_subject(self, sub: str, before: float, keep_until: float) -> None:
+        self.local.revoke_subject(sub, before, keep_until)
+
+    def revoked_ids(self) -> frozenset[str]:
+        return self.local.revoked_ids() | frozenset(self._ids)
+
+    def revoked_subjects(self) -> dict[str, float]:
+        subjects = self.local.revoked_subjects()
+        for sub, before in self._subjects.items():
+            subjects[sub] = max(before, subjects.get(sub, 0.0))
+        return subjects
+
+    def is_revoked(self, jti: str | None, sub: str | None = None, iat: float | None = None) -> bool:
+        if self.local.is_revoked(jti, sub, iat):
+            return True
+        if jti is not None and jti in self._ids:
+            return True
+        before = self._subjects.get(sub) if sub is not None else None
+        return before is not None and (iat is None or iat < before)

@@ -49,6 +49,13 @@ def command(
     demo_latency_ms: Annotated[
         float | None, typer.Option("--demo-latency-ms", help="Latency of the demo agent.")
     ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="Share sessions, limits and revocations with other instances (store.url).",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the WebSocket gateway in front of the agent until SIGTERM/SIGINT (drains first).
@@ -56,12 +63,14 @@ def command(
     Examples:
       qa-ws serve --dev
       WEBSOCKET_SECRET_KEY=... qa-ws serve --host 0.0.0.0 --agent agno+http://127.0.0.1:7777/agents/qa
+      WEBSOCKET_SECRET_KEY=... qa-ws serve --port 8766 --redis-url redis://127.0.0.1:6379/0
     """
     overrides: dict[str, Any] = {
         "server": {"host": host, "port": port},
         "agent": {"spec": agent, "model": agent_model, "demo_latency_ms": demo_latency_ms},
         "logging": {"format": log_format, "level": log_level.upper() if log_level else None},
         "security": {"authentication": {"enabled": False if no_auth else None}},
+        "store": {"url": redis_url},
     }
     settings = settings_from(config, overrides).settings
     try:

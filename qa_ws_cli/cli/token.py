@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from redis.exceptions import RedisError
 
-from qa_ws_cli.auth.revocation import RevocationList
+from qa_ws_cli.auth.revocation import RevocationList, Revocations
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
 from qa_ws_cli.cli.common import (
     ConfigOption,
@@ -20,7 +21,14 @@ from qa_ws_cli.cli.common import (
     read_stdin_value,
     settings_from,
 )
-from qa_ws_cli.config import MAX_TOKEN_TTL_S, parse_duration
+from qa_ws_cli.config import (
+    MAX_TOKEN_TTL_S,
+    Settings,
+    parse_duration,
+    redact_url,
+    store_scheme_problem,
+)
+from qa_ws_cli.server.redis_revocations import RedisRevocations
 
 app = typer.Typer(help="Mint, check and revoke JSON Web Tokens.", no_args_is_help=True)
 
@@ -78,9 +86,11 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
     auth = settings.security.authentication
     with failures():
         claims = TokenVerifier(auth, settings.secret()).verify(token)
-        revoked = RevocationList(auth.revocation_file).is_revoked(
-            claims.jti, claims.sub, claims.iat
-        )
+        revocations, where = _revocations(settings, settings.store.url)
+        try:
+            revoked = revocations.is_revoked(claims.jti, claims.sub, claims.iat)
+        except RedisError as exc:
+            fail(f"cannot reach Redis at {where} ({type(exc).__name__})")
     if revoked:
         fail(f"token revoked (jti {claims.jti}, sub {claims.sub})")
     out_console.print_json(json.dumps(claims.raw))
@@ -102,12 +112,20 @@ def revoke(
     ttl: Annotated[
         str, typer.Option("--keep", help="With --jti or --sub: how long to keep the entry.")
     ] = "",
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url", help="The servers' Redis (default: store.url): every instance sees it."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Revoke a token: servers refuse it (401 token_revoked) and close its connections (4003).
 
-    Servers on this machine read the revocation list (security.authentication.revocation_file).
-    Examples: qa-ws token revoke "$TOKEN";  qa-ws token revoke --sub alice
+    With a Redis store (--redis-url or store.url) every instance closes them within a second;
+    without one, servers on this machine read the revocation list
+    (security.authentication.revocation_file).
+    Examples: qa-ws token revoke "$TOKEN";  qa-ws token revoke --sub alice --redis-url redis://127.0.0.1:6379/0
     """
     settings = settings_from(config).settings
     if sum(x is not None for x in (token, jti, sub)) != 1:
@@ -125,8 +143,8 @@ def revoke(
             fail("this token has no 'jti' claim: revoke its user with --sub instead")
         with contextlib.suppress(TypeError, ValueError):
             exp = float(claims["exp"]) if "exp" in claims else exp
-    path = settings.security.authentication.revocation_file
-    revocations = RevocationList(path)
+    url = redis_url or settings.store.url
+    revocations, where = _revocations(settings, url)
     try:
         if sub is not None:
             revocations.revoke_subject(sub, time.time(), exp)
@@ -134,6 +152,19 @@ def revoke(
             assert jti is not None
             revocations.revoke(jti, exp)
     except OSError as exc:
-        fail(f"cannot write the revocation list {path}: {exc.strerror}")
+        fail(f"cannot write the revocation list {where}: {exc.strerror}")
+    except RedisError as exc:
+        fail(f"cannot reach Redis at {where} ({type(exc).__name__}): nothing was revoked")
     what = f"every token of sub {sub} issued before now" if sub else f"jti {jti}"
-    out_console.print(f"revoked {what}, until {_when(exp)} (list: {path})")
+    out_console.print(f"revoked {what}, until {_when(exp)} ({where})")
+
+
+def _revocations(settings: Settings, url: str | None) -> tuple[Revocations, str]:
+    """Redis when the servers share one, else the revocation list file."""
+    if url:
+        problem = store_scheme_problem(url)
+        if problem:
+            fail(f"--redis-url: {problem}")
+        return RedisRevocations(url), f"Redis {redact_url(url)}"
+    path = settings.security.authentication.revocation_file
+    return RevocationList(path), f"list: {path}"

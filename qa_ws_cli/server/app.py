@@ -30,9 +30,11 @@ from qa_ws_cli.server.web import ASSETS, Assets
 def create_app(
     settings: Settings, agent: Agent, store: Store | None = None, files: FileStore | None = None
 ) -> web.Application:
-    files = files or files_http.file_store_for(settings)
+    files = files if files is not None else files_http.file_store_for(settings)
     signer = files_http.signer_for(settings)
-    gateway = Gateway(settings, agent, store or MemoryStore(), files=files, signer=signer)
+    gateway = Gateway(
+        settings, agent, store if store is not None else MemoryStore(), files=files, signer=signer
+    )
     cors = settings.security.cors
     middlewares = [request_id_middleware()]
     if settings.server.trusted_proxies:
@@ -62,6 +64,7 @@ def create_app(
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.start()
+    await gateway.refresh_revocations()
     housekeeping = asyncio.get_running_loop().create_task(gateway.housekeeping_loop())
     yield
     housekeeping.cancel()

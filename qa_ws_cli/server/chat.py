@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,9 +29,14 @@ log = logging.getLogger("qa_ws.server")
 
 class FrameHandler:
     def __init__(
-        self, driver: SessionDriver, limiter: RateLimiter | None, metrics: Metrics
+        self,
+        driver: SessionDriver,
+        limiter: RateLimiter | None,
+        metrics: Metrics,
+        max_frames_per_second: int,
     ) -> None:
         self.driver = driver
+        self.max_frames_per_second = max_frames_per_second
         self.limiter = limiter
         self.metrics = metrics
         self._dispatch: dict[type[Any], Callable[[Connection, Any], Awaitable[None]]] = {
@@ -42,6 +46,8 @@ class FrameHandler:
         }
 
     async def on_text(self, conn: Connection, text: str) -> None:
+        if await self.over_budget(conn):
+            return
         try:
             event = decode_client(text)
         except ProtocolError as exc:
@@ -51,6 +57,8 @@ class FrameHandler:
         await self._dispatch[type(event)](conn, event)
 
     async def on_binary(self, conn: Connection) -> None:
+        if await self.over_budget(conn):
+            return
         self.metrics.frames_bad.inc()
         await self._error(
             conn, ErrorCode.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"
@@ -89,12 +97,30 @@ class FrameHandler:
         await self._error(
             conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", chat_id, retry_after
         )
-        if conn.rejections is None:
-            conn.rejections = deque()
-        if limiter.abusive(conn.rejections, time.monotonic()) and not conn.closing:
+        await self._rejected(conn)
+        return False
+
+    async def _rejected(self, conn: Connection) -> None:
+        """Count a rejection against the user; past the abuse threshold, close with 1008
+        (logged once per connection)."""
+        limiter = self.limiter
+        if limiter is not None and await limiter.abusive(conn.user) and not conn.closing:
             log_event(log, "abuse", logging.WARNING, user=conn.user, connection=conn.id)
             conn.start_close(CloseCode.POLICY_VIOLATION, "too many rate-limited messages")
-        return False
+
+    async def over_budget(self, conn: Connection) -> bool:
+        """The per-connection frame budget, over every frame type: past
+        ``limits.max_frames_per_second`` a frame is answered ``rate_limited`` and not read."""
+        now = int(time.monotonic())
+        if now != conn.frame_window:
+            conn.frame_window, conn.frames_in_window = now, 0
+        conn.frames_in_window += 1
+        if conn.frames_in_window <= self.max_frames_per_second:
+            return False
+        self.metrics.frames_over_budget.inc()
+        await self._error(conn, ErrorCode.RATE_LIMITED, "too many frames; slow down", None, 1.0)
+        await self._rejected(conn)
+        return True
 
     async def _error(
         self,

@@ -34,9 +34,12 @@ class Connection:
         "_on_overflow",
         "claims",
         "closed_with",
+        "closer",
         "closing",
         "connected_at",
+        "frame_window",
         "frames_in",
+        "frames_in_window",
         "frames_out",
         "id",
         "last_seen",
@@ -44,7 +47,6 @@ class Connection:
         "queue",
         "queue_limit",
         "queued_bytes",
-        "rejections",
         "remote",
         "session_id",
         "slot",
@@ -67,6 +69,7 @@ class Connection:
         self.ws = ws
         self.transport = transport
         self.closed_with: int | None = None  # the code, when the server closed it
+        self.closer: asyncio.Task[None] | None = None  # the server's close, once started
         self.id = conn_id
         self.claims = claims
         self.user = claims.sub
@@ -79,7 +82,8 @@ class Connection:
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
         self.last_seen = 0.0
-        self.rejections: deque[float] | None = None
+        self.frame_window = 0  # the second the frame budget counts in, and its count
+        self.frames_in_window = 0
         self.timers: list[asyncio.TimerHandle] = []
         self._on_overflow = on_overflow
         self.remote = ""  # the client's address, as the request saw it
@@ -160,7 +164,7 @@ class Connection:
         self.closing = True
         if code == CloseCode.POLICY_VIOLATION and self.writer is not None:
             self.writer.cancel()
-        asyncio.get_running_loop().create_task(self.close(code, reason))
+        self.closer = asyncio.get_running_loop().create_task(self.close(code, reason))
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame without waiting on a peer that does not read (``drain=False``:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from qa_ws_cli import __version__
 from qa_ws_cli.agents.base import Agent
-from qa_ws_cli.auth.revocation import RevocationList
+from qa_ws_cli.auth.revocation import RevocationCache, RevocationList
 from qa_ws_cli.auth.tokens import Claims, TokenVerifier
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import PROTOCOL_VERSION, CloseCode
@@ -35,6 +35,7 @@ from qa_ws_cli.server.session_core import CoreLimits
 from qa_ws_cli.server.store import Store
 
 HOUSEKEEPING_INTERVAL_S = 1.0
+REVOCATIONS_READ_S = 5.0  # shared revocations are read this often (and on every announcement)
 
 
 class Gateway:
@@ -68,8 +69,11 @@ class Gateway:
         self.limiter = RateLimiter(rl, store.limit_storage()) if rl.enabled else None
         auth = settings.security.authentication
         self.verifier = TokenVerifier(auth, settings.secret()) if auth.enabled else None
-        self.revocations = RevocationList(auth.revocation_file)
-        self.frames = FrameHandler(self.driver, self.limiter, self.metrics)
+        self.revocations = RevocationCache(RevocationList(auth.revocation_file))
+        self._revocations_read_at = 0.0
+        self.frames = FrameHandler(
+            self.driver, self.limiter, self.metrics, lim.max_frames_per_second
+        )
         self.allowed_origins = set(settings.security.cors.origins)
         self._agent_ready: tuple[float, bool] = (0.0, False)
         self._touched_at = 0.0
@@ -195,6 +199,26 @@ class Gateway:
         if local is not None:
             self.driver.spawn(local, local.core.cancel_from_cluster(target, cancel_id))
 
+    def deliver_revocation(self) -> None:
+        asyncio.get_running_loop().create_task(self.refresh_revocations())
+
+    async def refresh_revocations(self) -> None:
+        """Read the shared revocations and close what they revoke at once (4003)."""
+        self._revocations_read_at = time.monotonic()
+        shared = await self.store.revocations()
+        if shared is not None:
+            self.revocations.update(*shared)
+        self.close_revoked()
+
+    def close_revoked(self) -> None:
+        revocations = self.revocations
+        if not revocations.revoked_ids() and not revocations.revoked_subjects():
+            return
+        for conn in self.connections:
+            claims = conn.claims
+            if revocations.is_revoked(claims.jti, claims.sub, claims.iat):
+                conn.start_close(CloseCode.TOKEN_REVOKED, "token revoked")
+
     # -- housekeeping ----------------------------------------------------------------------
 
     async def housekeep(self) -> None:
@@ -209,15 +233,15 @@ class Gateway:
             await self.driver.touch_attached()
             await self.store.renew_connections((c.user, c.slot) for c in self.connections)
         self.metrics.sessions.set(len(self.driver.local))
-        revoked = self.revocations.revoked_ids()
+        if now - self._revocations_read_at >= REVOCATIONS_READ_S:
+            await self.refresh_revocations()
+        else:
+            self.close_revoked()  # the local list may have changed (its file is re-read)
         idle = self.settings.limits.idle_timeout_s
-        if not revoked and not idle:
-            return
-        for conn in self.connections:
-            if revoked and conn.claims.jti in revoked:
-                conn.start_close(CloseCode.TOKEN_REVOKED, "token revoked")
-            elif idle and now - conn.last_seen > idle and not self._waiting(conn):
-                conn.start_close(CloseCode.NORMAL, "idle timeout")
+        if idle:
+            for conn in self.connections:
+                if now - conn.last_seen > idle and not self._waiting(conn):
+                    conn.start_close(CloseCode.NORMAL, "idle timeout")
 
     def _waiting(self, conn: Connection) -> bool:
         """A connection waiting for an answer is not idle."""

@@ -23,6 +23,7 @@ from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
+CLOSE_READ_S = 2.0  # a closing peer that still sends is read (not reset) this long
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
 _OWN_CLOSES = frozenset(c.value for c in CloseCode if c >= 4000)  # the protocol's 4xxx codes
 
@@ -66,6 +67,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=lim.heartbeat_s or None,
         max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
         compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
+        timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
     )
     conn = Connection(
         ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed, request.transport
@@ -87,6 +89,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 conn.last_seen = time.monotonic()
                 conn.frames_in += 1
                 await frames.on_binary(conn)
+        if conn.closer is not None:  # ours: read and discard until the peer's close frame
+            await asyncio.wait({conn.closer}, timeout=CLOSE_READ_S + 1.0)
     except Exception:
         gw.log.exception("connection handler failed", extra={"fields": {"connection": conn.id}})
         with contextlib.suppress(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
@@ -66,6 +65,8 @@ class RateLimiter:
             (SlidingWindowCounterRateLimiter(storage), self.per_minute),
         )
         self.abuse_threshold = int(settings.abuse_factor * settings.max_requests_per_minute)
+        self.abuse = RateLimitItemPerMinute(max(1, self.abuse_threshold))
+        self._abuse_window = FixedWindowRateLimiter(storage)
         self._warned_at = -STORAGE_WARNING_INTERVAL_S
         self._open_until = 0.0
 
@@ -89,10 +90,13 @@ class RateLimiter:
                 )
         return None
 
-    def abusive(self, rejections: deque[float], now: float) -> bool:
-        """Record one rejection in ``rejections``; True once a minute holds more than the
-        abuse threshold."""
-        rejections.append(now)
-        while rejections and rejections[0] < now - 60.0:
-            rejections.popleft()
-        return len(rejections) > self.abuse_threshold
+    async def abusive(self, user: str) -> bool:
+        """Count one rejection of ``user``'s; True once a minute holds more than the abuse
+        threshold. Per user, in the same storage as the limits: a new connection (or another
+        instance) does not start the count afresh."""
+        if self._open_until and time.monotonic() < self._open_until:
+            return False
+        try:
+            return not await self._abuse_window.hit(self.abuse, "abuse", user)
+        except StorageError:
+            return False  # the storage is away: hit() fails open and says so

@@ -28,6 +28,11 @@ class Metrics:
         self.frames_ping = frames.labels("ping")
         self.frames_cancel = frames.labels("cancel")
         self.frames_bad = frames.labels("invalid")
+        self.frames_over_budget = Counter(
+            "qa_ws_frames_over_budget",
+            "Frames refused past limits.max_frames_per_second",
+            registry=r,
+        )
         errors = Counter("qa_ws_errors_sent", "Error events sent by code", ["code"], registry=r)
         self.errors = {code.value: errors.labels(code.value) for code in ErrorCode}
         self.chat_latency = Histogram(

@@ -83,7 +83,7 @@ return {seq, frame}
 """
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -125,13 +125,13 @@ class RedisSessionStore(SessionStore):
                 pipe.expire(key, self._ttl)
             meta, entries, claimed, *_ = await pipe.execute()
         try:
-            user, seq = _text(meta[0]), int(meta[1])
+            user, seq = as_text(meta[0]), int(meta[1])
             events = self._events(entries)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError):
             return None  # unknown, or a record this version cannot read: a fresh session
         horizon = time.time() - self.sessions.buffer_age_s
         frames = replay_after(events, seq, last_seq, horizon)
-        chat_ids = [_text(c) for c in claimed]
+        chat_ids = [as_text(c) for c in claimed]
         lapsed = set(await self.lapsed(session_id, chat_ids)) if chat_ids else set()
         running = [c for c in chat_ids if c not in lapsed]
         return ResumeRecord(user, seq, frames, running, sorted(lapsed))
@@ -140,8 +140,8 @@ class RedisSessionStore(SessionStore):
     def _events(entries: list[Any]) -> list[Event]:
         events: list[Event] = []
         for entry_id, fields in entries:
-            at = int(_text(entry_id).split("-", 1)[0]) / 1000
-            seq, frame = int(fields[b"s"]), _text(fields[b"f"])
+            at = int(as_text(entry_id).split("-", 1)[0]) / 1000
+            seq, frame = int(fields[b"s"]), as_text(fields[b"f"])
             events.append((seq, at, frame))
         return events
 
@@ -151,11 +151,11 @@ class RedisSessionStore(SessionStore):
         kind, value = await self._claim(
             keys=[keys[2], keys[5], keys[6], keys[4]], args=[chat_id, instance, lease_ms, self._ttl]
         )
-        kind = _text(kind)
+        kind = as_text(kind)
         if kind == "answered":
-            return Answered(_text(value))
+            return Answered(as_text(value))
         if kind == "running":
-            return RunningElsewhere(_text(value))
+            return RunningElsewhere(as_text(value))
         history: list[tuple[str, str]] = []
         for raw in value:
             try:
@@ -188,7 +188,7 @@ class RedisSessionStore(SessionStore):
         kept = await self._append(keys=self._keys(session_id, chat_id), args=args)
         if not kept:
             return None
-        return int(kept[0]), _text(kept[1])
+        return int(kept[0]), as_text(kept[1])
 
     async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
         entries: list[Any] = await self.client.xrange(self.key(session_id, "e")) or []

@@ -38,7 +38,8 @@ from redis.exceptions import RedisError
 from qa_ws_cli.config import SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
-from qa_ws_cli.server.redis_sessions import RedisSessionStore
+from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
+from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
 from qa_ws_cli.server.session_core import ClaimResult, Publish
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
@@ -265,6 +266,29 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
                     pipe.pexpireat(SLOTS_PREFIX + user, until)
                 await pipe.execute()
 
+    # -- revocations -----------------------------------------------------------------------------
+
+    async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """Both revocation hashes (``redis_revocations.py``); expired entries are dropped."""
+        if self._down:
+            return None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(IDS_KEY)
+                pipe.hgetall(SUBJECTS_KEY)
+                ids, subjects = await pipe.execute()
+        except _FAILURES:
+            return None
+        live_ids, live_subjects = parse_revocations(ids, subjects)
+        gone_ids = [k for k in ids if as_text(k) not in live_ids]
+        gone_subjects = [k for k in subjects if as_text(k) not in live_subjects]
+        with contextlib.suppress(*_FAILURES):
+            if gone_ids:
+                await self._redis.hdel(IDS_KEY, *gone_ids)
+            if gone_subjects:
+                await self._redis.hdel(SUBJECTS_KEY, *gone_subjects)
+        return live_ids, live_subjects
+
     # -- instances talking to each other ---------------------------------------------------------
 
     async def _send(self, kind: str, **fields: Any) -> int:
@@ -339,6 +363,9 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         elif kind == "cancel":
             for peer in self._peers:
                 peer.deliver_cancel(str(msg["s"]), str(msg["t"]), str(msg["i"]))
+        elif kind == "revoke":
+            for peer in self._peers:
+                peer.deliver_revocation()
         else:
             await self._dispatch_operator(kind, msg)  # notify, connections, disconnect
 

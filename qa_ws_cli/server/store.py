@@ -29,6 +29,9 @@ class ClusterPeer(Protocol):
     def deliver_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
         """A client's ``cancel``, relayed by the instance it is connected to."""
 
+    def deliver_revocation(self) -> None:
+        """Somebody revoked a token or a user: read the shared revocations again."""
+
 
 InstanceReport = dict[str, Any]
 """One instance's answer to "who is connected": ``instance``, ``name``, ``version`` and
@@ -70,6 +73,11 @@ class Store(SessionStore):
 
     async def relay_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
         """Ask the instance running ``target`` to stop it."""
+        return None
+
+    async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """Revocations shared by every instance (jti -> exp, sub -> before); None: not kept
+        here (the revocation list file is the only one)."""
         return None
 
     # -- the operator's requests (notify, inbox, connections, disconnect) ---------------------

@@ -24,10 +24,8 @@ from qa_ws_cli.server.files import (
 from qa_ws_cli.server.files_http import FILE_SIGNER, FILE_STORE
 from qa_ws_cli.server.sniff import clean_name
 from tests.conftest import make_settings, run_gateway
+from tests.redis_server import RedisServer
 from tests.server.test_files import PNG
-from tests.server.test_redis_store import RedisServer, redis_server
-
-__all__ = ["redis_server"]  # the fixture, used below
 
 
 class Clock:

@@ -172,7 +172,12 @@ class RawPeer:
 
     @classmethod
     async def open(cls, running: Running, token: str, *, rcvbuf: int | None = None) -> RawPeer:
-        host, port = running.http.removeprefix("http://").split(":")
+        return await cls.at(running.http, token, rcvbuf=rcvbuf)
+
+    @classmethod
+    async def at(cls, base: str, token: str, *, rcvbuf: int | None = None) -> RawPeer:
+        """Upgrade at ``base`` (``http://HOST:PORT``) with ``token``."""
+        host, port = base.removeprefix("http://").split(":")
         if rcvbuf is None:
             reader, writer = await asyncio.open_connection(host, int(port))
         else:
