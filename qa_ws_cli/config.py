@@ -162,6 +162,16 @@ class SessionSettings(_Section):
     )
 
 
+class NotificationSettings(_Section):
+    inbox_size: int = Field(
+        100, ge=1, le=100_000, description="notifications kept per offline user (oldest dropped)"
+    )
+    ttl_s: float = Field(86400.0, gt=0, description="a kept notification is dropped after this")
+    max_data_bytes: int = Field(
+        4096, ge=2, le=65536, description="the largest 'data' object of POST /admin/notify"
+    )
+
+
 class AgentSettings(_Section):
     spec: str = "demo"
     timeout_s: float = Field(30.0, gt=0)
@@ -242,6 +252,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,8 @@
      +-- ClientError            raised by the client library
           +-- HandshakeRefused  the server answered the upgrade with an HTTP error
           +-- ConnectionLost    the connection closed before the answer came
+          |    +-- ServerUnreachable  no HTTP answer at all (admin commands, status)
+          +-- RequestRefused    the admin API answered 4xx/5xx (status, error)
           +-- ServerError       the server sent a protocol `error` event
           +-- ClientTimeout     no answer within the client's timeout
 
@@ -109,3 +111,14 @@ class ServerError(ClientError):
 
 class ClientTimeout(ClientError):
     code = "timeout"
+
+
+class ServerUnreachable(ConnectionLost):
+    code = "unreachable"
+
+
+class RequestRefused(ClientError):
+    def __init__(self, message: str, *, status: int, error: str) -> None:
+        super().__init__(message, code=error)
+        self.status = status
+        self.error = error

@@ -39,7 +39,10 @@ ConfigOption = Annotated[
 ]
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", "-u", help="Server URL (default: from the config).")
+    str | None,
+    typer.Option(
+        "--url", "-u", envvar="QA_WS_URL", help="Server URL (env QA_WS_URL; default: the config)."
+    ),
 ]
 TokenOption = Annotated[
     str | None,

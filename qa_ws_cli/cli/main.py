@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from qa_ws_cli import __version__
-from qa_ws_cli.cli import bench, config_cmd, demo, repl, send, serve, token
+from qa_ws_cli.cli import admin, bench, config_cmd, demo, repl, send, serve, status, token
 from qa_ws_cli.cli.help import Command, Group
 
 HELP = """A real-time WebSocket gateway for a QA agent, and the tools to operate and load-test it.
@@ -36,6 +36,12 @@ app.command("bench", cls=Command)(bench.command)
 app.command("repl", cls=Command)(repl.command)
 app.command("demo", cls=Command)(demo.command)
 app.add_typer(token.app, name="token")
+# the operator's commands (admin API; README "Operating the service")
+app.command("status", cls=Command)(status.command)
+app.command("connections", cls=Command)(admin.connections)
+app.command("notify", cls=Command)(admin.notify)
+app.command("disconnect", cls=Command)(admin.disconnect)
+app.command("broadcast", cls=Command)(admin.broadcast)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -33,6 +33,7 @@ FINAL_CLOSES = frozenset(
         CloseCode.POLICY_VIOLATION,
         CloseCode.MESSAGE_TOO_BIG,
         CloseCode.TOKEN_REVOKED,
+        CloseCode.OPERATOR_DISCONNECT,
     }
 )
 
@@ -221,6 +222,7 @@ def close_text(code: int | None) -> str:
         CloseCode.MESSAGE_TOO_BIG: "a frame was larger than the server allows",
         CloseCode.INTERNAL_ERROR: "the server had an internal error",
         CloseCode.TOKEN_EXPIRED: "the token expired",
+        CloseCode.OPERATOR_DISCONNECT: "disconnected by an operator",
         CloseCode.TOKEN_REVOKED: "the token was revoked",
     }
     text = reasons.get(code or 0, "the connection was lost")  # type: ignore[call-overload]

@@ -230,6 +230,8 @@ class Narrator:
             return
         if event.event == "broadcast":
             self.alert(f"broadcast: {event.message}")
+        elif event.event == "notification":
+            self.alert(f"notification: {event.message}")
         elif event.event == "shutdown":
             self.note("the server is shutting down")
         elif event.event == "token_expiring":

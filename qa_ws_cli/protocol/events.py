@@ -73,7 +73,8 @@ class _ServerEvent(_Event):
 
 
 class SystemEvent(_ServerEvent):
-    """``connected``, ``broadcast``, ``shutdown`` or ``token_expiring``; unused fields absent."""
+    """``connected``, ``broadcast``, ``notification``, ``shutdown`` or ``token_expiring``;
+    unused fields absent."""
 
     type: Literal["system_event"] = "system_event"
     event: str
@@ -88,6 +89,8 @@ class SystemEvent(_ServerEvent):
     message: str | None = None
     reconnect_after_ms: int | None = None
     expires_at: str | None = None
+    id: str | None = None  # of a notification
+    data: dict[str, Any] | None = None  # of a notification
 
 
 class AgentDelta(_ServerEvent):

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from qa_ws_cli.agents.base import Agent
 from qa_ws_cli.config import Settings
-from qa_ws_cli.server import files_http, handlers
+from qa_ws_cli.server import admin, files_http, handlers
 from qa_ws_cli.server.files import FileStore
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.keys import REQUEST_ID
@@ -52,7 +52,7 @@ def create_app(
     app[ASSETS] = Assets.load()
     app.router.add_get("/", handlers.index)
     app.router.add_get("/static/{name:.+}", handlers.static)
-    app.router.add_post("/admin/broadcast", handlers.admin_broadcast)
+    admin.setup(app)
     files_http.setup(app, files, signer)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -35,14 +36,18 @@ class Connection:
         "closed_with",
         "closer",
         "closing",
+        "connected_at",
         "frame_window",
+        "frames_in",
         "frames_in_window",
+        "frames_out",
         "id",
         "last_seen",
         "last_seq",
         "queue",
         "queue_limit",
         "queued_bytes",
+        "remote",
         "session_id",
         "slot",
         "timers",
@@ -81,11 +86,16 @@ class Connection:
         self.frames_in_window = 0
         self.timers: list[asyncio.TimerHandle] = []
         self._on_overflow = on_overflow
+        self.remote = ""  # the client's address, as the request saw it
+        self.connected_at = time.time()
+        self.frames_in = 0  # counted by the handler's read loop
+        self.frames_out = 0
 
     def send(self, frame: str) -> None:
         """Queue one text frame; overflowing the byte budget closes the connection (1008)."""
         if self.closing:
             return
+        self.frames_out += 1
         transport = self.transport
         if self.writer is None and transport is not None and not transport.get_write_buffer_size():
             self._write_now(frame)

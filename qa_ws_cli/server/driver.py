@@ -61,7 +61,9 @@ class SessionDriver:
         signer: FileSigner | None = None,
     ) -> None:
         self.store = store
-        self.runner = AgentRun(agent, files, signer, connections.get)
+        self.runner = AgentRun(
+            agent, files, signer, connections.get, on_first_piece=metrics.first_delta.observe
+        )
         self.connections = connections
         self.metrics = metrics
         self.limits = limits

@@ -30,6 +30,7 @@ from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.limits import RateLimiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
+from qa_ws_cli.server.operator import Operator
 from qa_ws_cli.server.session_core import CoreLimits
 from qa_ws_cli.server.store import Store
 
@@ -77,6 +78,15 @@ class Gateway:
         self._agent_ready: tuple[float, bool] = (0.0, False)
         self._touched_at = 0.0
         store.attach_peer(self)
+        self.operator = Operator(
+            store,
+            self.driver,
+            self.connections,
+            self.metrics,
+            instance=self.instance,
+            name=settings.server.name,
+            settings=settings.notifications,
+        )
         self.limits_info = {
             "max_message_bytes": lim.max_message_bytes,
             "max_content_chars": lim.max_content_chars,
@@ -216,6 +226,7 @@ class Gateway:
         if not self.store.available:
             await self.store.ping()  # back? then the next writes go through again
         await self.driver.housekeep()
+        await self.operator.housekeep()
         now = time.monotonic()
         if now - self._touched_at >= max(1.0, self.settings.sessions.ttl_s / 4):
             self._touched_at = now

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import logging
 import re
 import time
 import uuid
@@ -26,8 +24,8 @@ from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
 CLOSE_READ_S = 2.0  # a closing peer that still sends is read (not reset) this long
-MAX_JSON_DIGITS = 100  # an admin body never needs longer numbers; Python's own cap is 4,300
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
+_OWN_CLOSES = frozenset(c.value for c in CloseCode if c >= 4000)  # the protocol's 4xxx codes
 
 
 def _resume_point(request: web.Request) -> tuple[str | None, int]:
@@ -76,6 +74,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     conn.session_id = session_id if resumed and session_id else uuid.uuid4().hex
     conn.slot = request.get(SLOT, "")
+    conn.remote = request.remote or ""
     started = time.monotonic()
     try:
         await ws.prepare(request)
@@ -84,9 +83,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 conn.last_seen = time.monotonic()
+                conn.frames_in += 1
                 await frames.on_text(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
                 conn.last_seen = time.monotonic()
+                conn.frames_in += 1
                 await frames.on_binary(conn)
         if conn.closer is not None:  # ours: read and discard until the peer's close frame
             await asyncio.wait({conn.closer}, timeout=CLOSE_READ_S + 1.0)
@@ -141,6 +142,7 @@ async def _open(
     await driver.apply(local, closes)
     if record is not None and record.interrupted:
         await driver.apply(local, local.core.interrupted(record.interrupted))
+    await gw.operator.deliver_inbox(local, conn)  # what was kept while the user was away
     gw.schedule_token_timers(conn, conn.claims)
     gw.metrics.connects.labels(str(record is not None).lower()).inc()
     log_event(
@@ -190,7 +192,7 @@ def _close_label(code: int | None) -> str:
     """Known close codes by number; clients' own 3000-4999 codes share one (bounded series)."""
     if code is None:
         return "none"
-    return str(code) if code < 3000 or code in (4001, 4003) else "other"
+    return str(code) if code < 3000 or code in _OWN_CLOSES else "other"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -268,64 +270,3 @@ async def static(request: web.Request) -> web.Response:
     if asset is None:
         raise web.HTTPNotFound(text="not found")
     return respond(request, asset, {})
-
-
-def _bad_body(detail: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": "invalid_json", "detail": detail}, status=status)
-
-
-async def _json_body(request: web.Request, timeout_s: float) -> object:
-    """The body as JSON, or ``_BodyError`` with the answer to send: a bounded read, a known
-    charset, a depth and number size Python can parse (never a 500)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            raw = await request.read()
-    except TimeoutError:
-        raise _BodyError(_bad_body("the body did not arrive in time", 408)) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise _BodyError(_bad_body("the body is too large", 413)) from None
-    try:
-        text = raw.decode(request.charset or "utf-8")
-    except (LookupError, UnicodeDecodeError):
-        raise _BodyError(_bad_body("the body must be JSON in a known charset")) from None
-    try:
-        return json.loads(text, parse_int=_bounded_int)
-    except (ValueError, RecursionError):
-        raise _BodyError(_bad_body("the body must be JSON")) from None
-
-
-def _bounded_int(digits: str) -> int:
-    if len(digits) > MAX_JSON_DIGITS:
-        raise ValueError("number too long")
-    return int(digits)
-
-
-class _BodyError(Exception):
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-async def admin_broadcast(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    try:
-        body = await _json_body(request, gw.settings.server.handshake_timeout_s)
-    except _BodyError as exc:
-        return exc.response
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, str) or not message.strip() or len(message) > 4000:
-        return web.json_response(
-            {
-                "error": "invalid_message",
-                "detail": "'message' must be a non-empty string (max 4000)",
-            },
-            status=400,
-        )
-    delivered = await gw.store.broadcast(message)
-    log_event(
-        logging.getLogger("qa_ws.server"),
-        "broadcast",
-        user=request[CLAIMS].sub,
-        delivered_to=delivered,
-    )
-    return web.json_response({"delivered_to": delivered}, status=202)

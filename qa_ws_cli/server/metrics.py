@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from qa_ws_cli.protocol.codes import ErrorCode
 
@@ -45,6 +45,30 @@ class Metrics:
             "qa_ws_slow_consumer_closes", "Connections closed for an overflowing queue", registry=r
         )
         self.broadcasts = Counter("qa_ws_broadcasts", "Admin broadcasts sent", registry=r)
+        self.first_delta = Histogram(
+            "qa_ws_first_delta_seconds",
+            "Time from chat_message to the first agent_delta of its answer",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        notes = Counter(
+            "qa_ws_notifications",
+            "Notifications: delivered to a live connection (counted by the instance that sent "
+            "it), or stored in an offline user's inbox",
+            ["outcome"],
+            registry=r,
+        )
+        self.notes_delivered = notes.labels("delivered")
+        self.notes_stored = notes.labels("stored")
+        dropped = Counter(
+            "qa_ws_notifications_dropped",
+            "Kept notifications dropped: the inbox overflowed, or they expired unread",
+            ["reason"],
+            registry=r,
+        )
+        self.notes_overflowed = dropped.labels("overflow")
+        self.notes_expired = dropped.labels("expired")
+        self.build = Info("qa_ws_build", "Version and instance of this server", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,7 +7,8 @@
   so the cap counts every instance and a crashed instance's slots come back by themselves.
 - Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
   connections received it, so ``delivered_to`` is the cluster's), frames published into a
-  session whose connection is on another instance, and relayed cancels.
+  session whose connection is on another instance, and relayed cancels; and the operator's
+  requests (notify, connections, disconnect) with the per-user inboxes (``redis_ops.py``).
 
 Redis being away never takes the gateway down. Every call fails fast (short timeouts, one
 retry); the first failure logs one warning and for ``RETRY_S`` every call goes straight to
@@ -36,6 +37,7 @@ from redis.exceptions import RedisError
 
 from qa_ws_cli.config import SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
+from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
 from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
 from qa_ws_cli.server.session_core import ClaimResult, Publish
@@ -73,7 +75,7 @@ def check_store_url(url: str) -> str:
     return url
 
 
-class RedisStore(RedisSessionStore, Store):
+class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
     name = "redis"
 
     def __init__(
@@ -364,6 +366,8 @@ class RedisStore(RedisSessionStore, Store):
         elif kind == "revoke":
             for peer in self._peers:
                 peer.deliver_revocation()
+        else:
+            await self._dispatch_operator(kind, msg)  # notify, connections, disconnect
 
     # -- health and lifetime -------------------------------------------------------------------
 

@@ -53,8 +53,11 @@ class AgentRun:
         files: FileStore | None,
         signer: FileSigner | None,
         connection: Callable[[str], Connection | None],
+        *,
+        on_first_piece: Callable[[float], None] | None = None,
     ) -> None:
         self.agent = agent
+        self.on_first_piece = on_first_piece  # seconds from the chat_message to its first delta
         self.pieces = answers_in_pieces(agent)
         self.files = files
         self.signer = signer
@@ -115,6 +118,8 @@ class AgentRun:
             async for item in events:
                 if isinstance(item, str):
                     if item:
+                        if not pieces:
+                            self._first_piece(core, chat_id)
                         pieces.append(item)
                         self._send(core.piece(chat_id, item))
                 elif isinstance(item, Attachment):
@@ -131,6 +136,11 @@ class AgentRun:
             if aclose is not None:
                 await aclose()
         return "".join(pieces)
+
+    def _first_piece(self, core: SessionCore, chat_id: str) -> None:
+        latency_ms = core.latency_ms(chat_id, time.perf_counter())
+        if self.on_first_piece is not None and latency_ms is not None:
+            self.on_first_piece(latency_ms / 1000)
 
     def _send(self, out: Any) -> None:
         if out is not None:

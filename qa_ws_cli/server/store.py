@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits.aio.storage import Storage
 
 from qa_ws_cli.server.limits import MemoryLimitStorage
+from qa_ws_cli.server.notifications import InboxLimits, MemoryInbox, Notification, Taken
 from qa_ws_cli.server.session_store import MemorySessionStore, SessionStore
 
 
@@ -30,6 +31,23 @@ class ClusterPeer(Protocol):
 
     def deliver_revocation(self) -> None:
         """Somebody revoked a token or a user: read the shared revocations again."""
+
+
+InstanceReport = dict[str, Any]
+"""One instance's answer to "who is connected": ``instance``, ``name``, ``version`` and
+``connections`` (a list of dicts, see ``Operator.report``); JSON, as it crosses instances."""
+
+
+class OperatorPeer(Protocol):
+    """What an operator's requests reach on each instance (``server/operator.py``)."""
+
+    async def deliver_notification(self, user: str, note: Notification) -> int:
+        """Send ``note`` to ``user``'s live connections here; returns how many."""
+
+    def report(self) -> InstanceReport: ...
+
+    def disconnect(self, user: str | None, connection_id: str | None) -> int:
+        """Close the matching connections here with 4002; returns how many."""
 
 
 class Store(SessionStore):
@@ -61,6 +79,38 @@ class Store(SessionStore):
         """Revocations shared by every instance (jti -> exp, sub -> before); None: not kept
         here (the revocation list file is the only one)."""
         return None
+
+    # -- the operator's requests (notify, inbox, connections, disconnect) ---------------------
+
+    @abstractmethod
+    def attach_operator(self, peer: OperatorPeer) -> None: ...
+
+    @abstractmethod
+    def configure_inbox(self, limits: InboxLimits) -> None: ...
+
+    @abstractmethod
+    async def notify(self, user: str, note: Notification) -> int:
+        """Deliver to ``user``'s live connections on every instance; returns how many."""
+
+    @abstractmethod
+    async def keep_notification(self, user: str, note: Notification) -> int:
+        """Keep ``note`` in ``user``'s inbox; returns how many older ones were dropped."""
+
+    @abstractmethod
+    async def take_notifications(self, user: str) -> Taken:
+        """Empty ``user``'s inbox atomically: what it held goes to exactly one caller."""
+
+    async def expire_notifications(self) -> int:
+        """Drop kept notifications past their age; returns how many (where it can count)."""
+        return 0
+
+    @abstractmethod
+    async def cluster_connections(self) -> list[InstanceReport]:
+        """Every instance's report of its live connections (this one's first)."""
+
+    @abstractmethod
+    async def disconnect(self, user: str | None, connection_id: str | None) -> int:
+        """Close matching connections on every instance with 4002; returns how many."""
 
     @abstractmethod
     async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
@@ -101,6 +151,8 @@ class MemoryStore(MemorySessionStore, Store):
         self._limits = MemoryLimitStorage()
         self._peers: list[ClusterPeer] = []
         self._slots: dict[str, set[str]] = {}
+        self._operators: list[OperatorPeer] = []
+        self.inbox = MemoryInbox()
 
     def limit_storage(self) -> MemoryLimitStorage:
         return self._limits
@@ -113,6 +165,33 @@ class MemoryStore(MemorySessionStore, Store):
         for peer in self._peers:
             delivered += await peer.deliver_broadcast(message)
         return delivered
+
+    def attach_operator(self, peer: OperatorPeer) -> None:
+        self._operators.append(peer)
+
+    def configure_inbox(self, limits: InboxLimits) -> None:
+        self.inbox.limits = limits
+
+    async def notify(self, user: str, note: Notification) -> int:
+        delivered = 0
+        for peer in self._operators:
+            delivered += await peer.deliver_notification(user, note)
+        return delivered
+
+    async def keep_notification(self, user: str, note: Notification) -> int:
+        return self.inbox.push(user, note)
+
+    async def take_notifications(self, user: str) -> Taken:
+        return self.inbox.take(user)
+
+    async def expire_notifications(self) -> int:
+        return self.inbox.prune()
+
+    async def cluster_connections(self) -> list[InstanceReport]:
+        return [peer.report() for peer in self._operators]
+
+    async def disconnect(self, user: str | None, connection_id: str | None) -> int:
+        return sum(peer.disconnect(user, connection_id) for peer in self._operators)
 
     async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
         held = self._slots.setdefault(user, set())

@@ -386,3 +386,27 @@ def test_pipe_mode_exits_4_when_the_connection_is_lost_for_good(
     assert "connection lost — reconnecting…" in err
     assert err.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in err
+
+
+def test_a_notification_shows_and_an_operator_disconnect_ends_the_repl(
+    spawn_server: Spawn, terminal: Callable[..., Terminal], tmp_path: Path, settings: Settings
+) -> None:
+    server = spawn_server()
+    term = terminal("--url", server.url, "--token", token_for(settings, "nora"))
+    term.expect(r"connected to .* as nora")
+    http = server.url.replace("ws://", "http://").removesuffix("/ws")
+    admin = {"Authorization": f"Bearer {issue_token(settings, 'ops', scope='admin')[0]}"}
+    for path, body in (
+        ("/admin/notify", {"user": "nora", "message": "your run finished"}),
+        ("/admin/disconnect", {"user": "nora"}),
+    ):
+        request = urllib.request.Request(
+            http + path,
+            data=json.dumps(body).encode(),
+            headers={**admin, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status in (200, 202)
+        if path == "/admin/notify":
+            term.expect("notification: your run finished")
+    term.expect("disconnected by an operator")

@@ -134,6 +134,9 @@ function onSystem(ev) {
   if (ev.event === "broadcast") {
     view.systemLine("📣 " + ev.message);
     tab.addEntry({ kind: "system", text: "📣 " + ev.message });
+  } else if (ev.event === "notification") {
+    view.systemLine("🔔 " + ev.message);
+    tab.addEntry({ kind: "system", text: "🔔 " + ev.message });
   } else if (ev.event === "shutdown") {
     hintMs = ev.reconnect_after_ms || 0;
     view.systemLine("the server is restarting…");
