@@ -74,8 +74,8 @@ def notify(
     or it waits in their inbox for their next connect.
 
     Example:
-      qa-ws notify --user alice "your nightly run finished" --data '{"run": 42}' \\
-        --url http://127.0.0.1:8765 --token "$ADMIN_TOKEN"
+      qa-ws notify --user alice "your nightly run finished" --data '{"run": 42}'
+      qa-ws notify --user alice "deploy done" --url http://127.0.0.1:8765 --token "$ADMIN_TOKEN"
     """
     payload: dict[str, Any] | None = None
     if data is not None:
