@@ -216,10 +216,32 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         raise AssertionError(f"server did not start:\n{log.read_text()}")
 
     yield spawn
-    for server in started:
+    stop_servers(started)
+
+
+STARTED: list[
+    ServerProcess
+] = []  # servers started outside ``spawn_server`` (tests/server/hostile.py)
+
+
+def stop_servers(servers: list[ServerProcess]) -> None:
+    """SIGTERM (so coverage of the server process is written), then SIGKILL past 5 s."""
+    for server in servers:
         if server.proc.poll() is None:
+            server.proc.terminate()
+    for server in servers:
+        try:
+            server.proc.wait(5)
+        except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait(5)
+    servers.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    yield
+    stop_servers(STARTED)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import _READY, ServerProcess, server_env
+from tests.conftest import _READY, STARTED, ServerProcess, server_env
 
 
 def start_server(
@@ -47,7 +47,9 @@ def start_server(
     while time.monotonic() < deadline:
         match = _READY.search(log.read_text())
         if match:
-            return ServerProcess(proc, match.group(1), log)
+            server = ServerProcess(proc, match.group(1), log)
+            STARTED.append(server)  # stopped after the test (tests/conftest.py)
+            return server
         if proc.poll() is not None:
             break
         time.sleep(0.05)
