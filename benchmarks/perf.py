@@ -48,7 +48,8 @@ class Plan:
     handshake_rounds: int = 3
     handshake_s: float = 2.0
     handshake_workers: int = 8
-    warmup_s: float = 0.5
+    warmup_s: float = 0.5  # 0: no warm-up round
+    idle_hold_s: float = 1.0  # how long the idle connections sit before RSS is read
 
 
 FULL = Plan()
@@ -59,7 +60,7 @@ QUICK = Plan(
 SMOKE = Plan(
     rounds=1, chat_s=0.3, chat_connections=10, stream_rounds=1, stream_s=0.3,
     stream_connections=4, stream_count=10, paced_rounds=1, paced_connections=2, idle=20,
-    handshake_rounds=1, handshake_s=0.3, handshake_workers=2, warmup_s=0.1,
+    handshake_rounds=1, handshake_s=0.3, handshake_workers=2, warmup_s=0, idle_hold_s=0.2,
 )  # fmt: skip
 
 
@@ -97,12 +98,13 @@ def alternate(
     results: dict[str, list[Result]] = {s.name: [] for s in servers}
     for number in range(rounds):
         for server in servers:
+            server.settle()
             results[server.name].append(loadgen(server, mode, *extra))
         print(f"  {label or mode} round {number + 1}/{rounds} done", flush=True)
     return results
 
 
-def idle_memory(server: Server, count: int) -> Result:
+def idle_memory(server: Server, count: int, hold_s: float) -> Result:
     """RSS the server gains while ``count`` authenticated connections sit idle."""
     loadgen(server, "handshake", "--connections", "2", "--seconds", "0.2")  # warm code paths
     time.sleep(0.3)
@@ -118,11 +120,12 @@ def idle_memory(server: Server, count: int) -> Result:
     ) as holder:
         assert holder.stdin is not None and holder.stdout is not None
         ready = json.loads(holder.stdout.readline() or '{"ready": 0}')
-        time.sleep(1.0)
+        time.sleep(hold_s)
         after = server.rss_kib()
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(60)
+    server.settle()
     if holder.returncode != 0:
         raise RuntimeError(f"the idle holder failed against {server.name}")
     held = int(ready["ready"])
@@ -153,14 +156,16 @@ def measure(by_name: dict[str, Server], plan: Plan) -> dict[str, Any]:
 
     out: dict[str, Any] = {"loops": {name: s.loop() for name, s in by_name.items()}}
     print("idle memory ...", flush=True)
-    out["idle"] = {s.name: idle_memory(s, plan.idle) for s in pick("bare", "socketio", "qa-ws")}
+    idlers = pick("bare", "socketio", "qa-ws")
+    out["idle"] = {s.name: idle_memory(s, plan.idle, plan.idle_hold_s) for s in idlers}
     print("handshakes ...", flush=True)
     shake = ("--connections", str(plan.handshake_workers), "--seconds", str(plan.handshake_s))
     out["handshake"] = alternate(pick("bare", "qa-ws"), plan.handshake_rounds, "handshake", *shake)
     print("chats ...", flush=True)
     chatters = pick("bare", "bare-uvloop", "socketio", "qa-ws", "qa-ws-redis")
     width = ("--connections", str(plan.chat_connections))
-    alternate(chatters, 1, "chat", *width, "--seconds", str(plan.warmup_s), label="warm-up")
+    if plan.warmup_s:
+        alternate(chatters, 1, "chat", *width, "--seconds", str(plan.warmup_s), label="warm-up")
     out["chat"] = alternate(chatters, plan.rounds, "chat", *width, "--seconds", str(plan.chat_s))
     print("streaming ...", flush=True)
     streamers = pick("bare", "bare-uvloop", "qa-ws-stream")

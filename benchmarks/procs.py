@@ -43,6 +43,22 @@ class Server:
         found = re.search(r"VmRSS:\s+(\d+) kB", text)
         return int(found.group(1)) if found else 0
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, window_s: float = 0.2, max_s: float = 10.0) -> None:
+        """Wait (bounded) until the process is idle, e.g. done closing the last connections.
+
+        Idle: under a tenth of a core over the window (/proc counts in 10 ms ticks).
+        """
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            used = self.cpu_seconds()
+            time.sleep(window_s)
+            if self.cpu_seconds() - used <= window_s * 0.1:
+                return
+
     def loop(self) -> str:
         """uvloop when the process has uvloop's extension mapped, else asyncio."""
         maps = Path(f"/proc/{self.pid}/maps").read_text()
@@ -116,9 +132,15 @@ def qa_ws_env(secret: str, store_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def qa_ws(name: str, agent: str, logs: Path, store_url: str | None = None) -> Server:
+def qa_ws(
+    name: str,
+    agent: str,
+    logs: Path,
+    store_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     """``qa-ws serve`` (auth on, the installed console script), and its token being minted."""
-    env = qa_ws_env(secrets.token_urlsafe(48), store_url)
+    env = qa_ws_env(secrets.token_urlsafe(48), store_url) | (extra_env or {})
     cli = str(BIN / "qa-ws")
     cmd = [cli, "serve", "--host", "127.0.0.1", "--port", "0", "--agent", agent]
     server = launch(name, cmd, env, logs / f"{name}.log")
