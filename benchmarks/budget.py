@@ -28,22 +28,20 @@ from benchmarks import procs
 from benchmarks.perf import alternate, loadgen
 from benchmarks.procs import Server
 
-# (stage, pattern on "function (path:line)"), tried in this order on each frame, innermost first
+# (stage, pattern on py-spy's "Qualified.name (package/module.py:line)"), tried in this order on
+# each frame, innermost frame first; the CLI's own frames (the root of every stack) match nothing
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("log", re.compile(r"/logging/|qa_ws_cli/server/logs\.py")),
-    ("metrics", re.compile(r"prometheus_client/|qa_ws_cli/server/metrics\.py")),
-    ("limit", re.compile(r"site-packages/limits/|qa_ws_cli/server/limits\.py")),
-    ("decode", re.compile(r"^decode_client |qa_ws_cli/protocol/events\.py")),
-    ("encode", re.compile(r"^encode |/json/encoder\.py")),
-    (
-        "write",
-        re.compile(r"aiohttp/_websocket/writer|^send_(str|frame|bytes|json) |selector_events"),
-    ),
-    ("session", re.compile(r"qa_ws_cli/server/(sessions|store|redis_store)\.py|/redis/")),
-    ("agent call", re.compile(r"qa_ws_cli/agents/")),
-    ("auth", re.compile(r"qa_ws_cli/auth/|site-packages/jwt/")),
-    ("dispatch (tasks, timers, handler)", re.compile(r"qa_ws_cli/")),
-    ("read, frame parse, HTTP (aiohttp)", re.compile(r"aiohttp/")),
+    ("log", re.compile(r"\((logging/|qa_ws_cli/server/logs\.py)")),
+    ("metrics", re.compile(r"\((prometheus_client/|qa_ws_cli/server/metrics\.py)")),
+    ("limit", re.compile(r"\((limits/|qa_ws_cli/server/limits\.py)")),
+    ("decode", re.compile(r"^decode_client |\(qa_ws_cli/protocol/events\.py")),
+    ("encode (build and serialize events)", re.compile(r"^encode |^BaseModel\.__init__ ")),
+    ("write", re.compile(r"Transport\.write |\(aiohttp/_websocket/writer|^WebSocketWriter\.")),
+    ("session", re.compile(r"\((qa_ws_cli/server/(sessions|store|redis_store)\.py|redis/)")),
+    ("agent call", re.compile(r"\(qa_ws_cli/agents/")),
+    ("auth", re.compile(r"\((qa_ws_cli/auth/|jwt/)")),
+    ("socket read, frame parse (aiohttp)", re.compile(r"_read_ready|\(aiohttp/")),
+    ("dispatch (chat handler, tasks, timers)", re.compile(r"\(qa_ws_cli/(?!cli/)")),
 )
 OTHER = "event loop and the rest"
 STAGES = [stage for stage, _ in RULES] + [OTHER]

@@ -59,11 +59,11 @@ def test_the_stream_request_round_trips_and_bad_content_is_a_plain_chat() -> Non
 def test_a_sample_goes_to_the_stage_of_its_innermost_known_frame(tmp_path: Path) -> None:
     stacks = tmp_path / "stacks.txt"
     stacks.write_text(
-        "run (asyncio/base_events.py:1);on_chat (qa_ws_cli/server/chat.py:9);"
-        "info (/usr/lib/python3.11/logging/__init__.py:1) 7\n"
-        "run (asyncio/base_events.py:1);on_text (qa_ws_cli/server/chat.py:2);"
-        "decode_client (qa_ws_cli/protocol/codec.py:24) 3\n"
-        "run (asyncio/base_events.py:1);_run_once (asyncio/base_events.py:1) 5\n"
+        "command (qa_ws_cli/cli/serve.py:75);FrameHandler.on_chat (qa_ws_cli/server/chat.py:9);"
+        "Logger.info (logging/__init__.py:1) 7\n"
+        "command (qa_ws_cli/cli/serve.py:75);FrameHandler.on_text (qa_ws_cli/server/chat.py:2);"
+        "decode_client (qa_ws_cli/protocol/codec.py:24);TypeAdapter.validate_json (x.py:1) 3\n"
+        "command (qa_ws_cli/cli/serve.py:75);BaseEventLoop._run_once (asyncio/base_events.py:1) 5\n"
         "not a stack line\n"
     )
     samples = budget.read_stacks(stacks)
