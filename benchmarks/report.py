@@ -149,7 +149,7 @@ def render(res: dict[str, Any]) -> str:
         f"{plan['paced_pause_ms']} ms",
         *stream_table(res),
         "",
-        "## Idle memory (fresh processes) and authenticated handshakes",
+        f"## Idle memory ({plan['idle']:,} connections, fresh processes); authenticated handshakes",
         *idle_and_handshake_tables(res),
         "",
         "## Targets of issue 15 (ratios within this run)",
