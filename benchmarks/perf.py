@@ -54,7 +54,7 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(
-    rounds=2, chat_s=1.0, stream_rounds=2, stream_s=1.0, paced_rounds=1, idle=1000,
+    rounds=2, chat_s=1.0, stream_rounds=1, stream_s=1.0, paced_rounds=1, idle=1000,
     handshake_rounds=1, handshake_s=1.0, warmup_s=0.3,
 )  # fmt: skip
 SMOKE = Plan(
