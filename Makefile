@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick run-websocket run-websocket-demo test-websocket clean
+.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget run-websocket run-websocket-demo test-websocket clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ perf: install-perf  ## every server side by side (about 4 minutes): chats, strea
 
 perf-quick: install-perf  ## the same, short rounds (under a minute)
 	$(BIN)/python -m benchmarks.perf --quick --json reports/perf-quick.json $(ARGS)
+
+perf-budget: install-perf  ## CPU per chat by stage in qa-ws serve (py-spy and feature toggles, about 1.5 minutes)
+	$(BIN)/python -m benchmarks.budget $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov reports
