@@ -15,6 +15,7 @@ own. It measures and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -65,11 +66,7 @@ SMOKE = Plan(
 
 
 def uvloop_installed() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def loadgen(server: Server, mode: str, *extra: str, timeout: float = 120) -> Result:
