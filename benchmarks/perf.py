@@ -55,8 +55,8 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(
-    rounds=2, chat_s=1.0, stream_rounds=1, stream_s=1.0, paced_rounds=1, idle=1000,
-    handshake_rounds=1, handshake_s=1.0, warmup_s=0.3,
+    rounds=2, chat_s=0.8, stream_rounds=1, stream_s=0.8, paced_rounds=1, idle=1000,
+    handshake_rounds=1, handshake_s=0.8, warmup_s=0.2,
 )  # fmt: skip
 SMOKE = Plan(
     rounds=1, chat_s=0.3, chat_connections=10, stream_rounds=1, stream_s=0.3,
