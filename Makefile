@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install serve test lint format bench bench-ci bench-overhead run-websocket run-websocket-demo test-websocket clean
+.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget run-websocket run-websocket-demo test-websocket clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install qa-ws with its test tools
 
+PERF_STAMP := $(VENV)/.perf-stamp
+$(PERF_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,perf]'
+	@touch $(PERF_STAMP)
+
+install-perf: $(PERF_STAMP)  ## the benchmark-only tools (the perf extra: picows, uvloop, python-socketio, py-spy)
+
 serve: install  ## serve with the embedded demo agent on 127.0.0.1:8765 (dev mode: prints a token)
 	$(BIN)/qa-ws serve --dev $(ARGS)
 
@@ -23,19 +30,19 @@ run-websocket: serve  ## the original plan's name for `serve`
 run-websocket-demo: install  ## start a local server and play the scripted demos
 	$(BIN)/qa-ws demo $(ARGS)
 
-test: install  ## the whole suite, with coverage (fails under 90 %)
+test: install-perf  ## the whole suite, with coverage (fails under 90 %)
 	$(BIN)/python -m pytest --cov=qa_ws_cli --cov-report=term $(ARGS)
 
 test-websocket: test  ## the original plan's name for `test`
 
-lint: install  ## ruff (lint and format check) and mypy --strict
-	$(BIN)/ruff check qa_ws_cli tests loadtests
-	$(BIN)/ruff format --check qa_ws_cli tests loadtests
-	$(BIN)/mypy qa_ws_cli
+lint: install-perf  ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check qa_ws_cli tests loadtests benchmarks
+	$(BIN)/ruff format --check qa_ws_cli tests loadtests benchmarks
+	$(BIN)/mypy qa_ws_cli benchmarks
 
 format: install
-	$(BIN)/ruff format qa_ws_cli tests loadtests
-	$(BIN)/ruff check --fix qa_ws_cli tests loadtests
+	$(BIN)/ruff format qa_ws_cli tests loadtests benchmarks
+	$(BIN)/ruff check --fix qa_ws_cli tests loadtests benchmarks
 
 bench: install  ## the acceptance gate: 150 users for 30 s against a local server
 	$(BIN)/qa-ws bench --serve --users 150 --duration 30s $(ARGS)
@@ -45,8 +52,16 @@ bench-ci: install  ## the CI performance gate: 150 users, about 15 s, a streamin
 		--max-p95-ms 500 --max-ttft-p95-ms 250 \
 		--report-json reports/bench.json --report-junit reports/bench.xml --report-html reports/bench.html $(ARGS)
 
-bench-overhead: install  ## the gateway's cost per message and per idle connection, against bare aiohttp
-	$(BIN)/python loadtests/gateway_overhead.py $(ARGS)
+bench-overhead: perf  ## the original name of `perf` (it replaced loadtests/gateway_overhead.py)
+
+perf: install-perf  ## every server side by side (about 4 minutes): chats, streaming, idle memory, handshakes
+	$(BIN)/python -m benchmarks.perf --json reports/perf.json $(ARGS)
+
+perf-quick: install-perf  ## the same, short rounds (under a minute)
+	$(BIN)/python -m benchmarks.perf --quick --json reports/perf-quick.json $(ARGS)
+
+perf-budget: install-perf  ## CPU per chat by stage in qa-ws serve (py-spy and feature toggles, about 1.5 minutes)
+	$(BIN)/python -m benchmarks.budget $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov reports
