@@ -126,6 +126,8 @@ def qa_ws_env(secret: str, store_url: str | None = None) -> dict[str, str]:
         WEBSOCKET_SECURITY__RATE_LIMITING__BURST=HIGH,
         WEBSOCKET_SERVER__MAX_CONNECTIONS="100000",
         WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER="100000",
+        WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP="100000",  # every load connection is loopback
+        WEBSOCKET_LIMITS__MAX_FRAMES_PER_SECOND=HIGH,
     )
     if store_url:
         env["WEBSOCKET_STORE__URL"] = store_url

@@ -19,7 +19,7 @@ from qa_ws_cli.protocol.codes import CloseCode, ErrorCode
 from qa_ws_cli.protocol.events import Cancel, ChatMessage, Ping, Pong
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.driver import SessionDriver
-from qa_ws_cli.server.limits import RateLimiter
+from qa_ws_cli.server.limits import Limiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
 from qa_ws_cli.server.session_core import error_body
@@ -31,7 +31,7 @@ class FrameHandler:
     def __init__(
         self,
         driver: SessionDriver,
-        limiter: RateLimiter | None,
+        limiter: Limiter | None,
         metrics: Metrics,
         max_frames_per_second: int,
     ) -> None:

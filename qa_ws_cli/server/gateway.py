@@ -27,7 +27,6 @@ from qa_ws_cli.server.chat import FrameHandler
 from qa_ws_cli.server.connections import Connection, ConnectionManager
 from qa_ws_cli.server.driver import SessionDriver
 from qa_ws_cli.server.files import FileSigner, FileStore
-from qa_ws_cli.server.limits import RateLimiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
 from qa_ws_cli.server.operator import Operator
@@ -66,7 +65,7 @@ class Gateway:
             store, agent, self.connections, self.metrics, core_limits, self.instance, files, signer
         )
         rl = settings.security.rate_limiting
-        self.limiter = RateLimiter(rl, store.limit_storage()) if rl.enabled else None
+        self.limiter = store.rate_limiter(rl) if rl.enabled else None
         auth = settings.security.authentication
         self.verifier = TokenVerifier(auth, settings.secret()) if auth.enabled else None
         self.revocations = RevocationCache(RevocationList(auth.revocation_file))

@@ -1,9 +1,10 @@
 """Per-user rate limits on chat messages, with the ``limits`` library's async API.
 
 Two windows are checked per message: ``burst`` per second and ``max_requests_per_minute`` per
-minute, both per token ``sub`` across all of that user's connections. The counters live in a
-``limits`` storage, so a Redis storage can replace the in-memory one without touching callers.
-When that storage fails (Redis down), the limiter fails open: messages are allowed, the storage
+minute, both per token ``sub`` across all of that user's connections. With the Redis store the
+counters live in ``limits``' Redis storage (one budget whichever instance a message lands on);
+in one process ``MemoryRateLimiter`` (``memory_limits.py``) counts the same way, cheaper.
+When the Redis storage fails (Redis down), the limiter fails open: messages are allowed, the storage
 is not asked again for ``STORAGE_RETRY_S`` (a hung Redis must not add its timeout to every
 chat), and a warning is logged at most every ``STORAGE_WARNING_INTERVAL_S``.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Protocol
 
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
@@ -25,34 +27,13 @@ STORAGE_WARNING_INTERVAL_S = 10.0
 STORAGE_RETRY_S = 1.0
 
 
-class MemoryLimitStorage(MemoryStorage):
-    """``limits``' memory storage, swept by the server's housekeeping instead of on every hit.
+class Limiter(Protocol):
+    """What the frame handler asks: ``RateLimiter`` (``limits``, shared through Redis) or
+    ``MemoryRateLimiter`` (one process, the same rules in plain dicts)."""
 
-    The stock storage starts a pass over every key after each hit; with thousands of users
-    that is work on the hot path. Expired keys are still ignored on read, and ``prune`` drops
-    them (the counters of users who left) on the housekeeping timer.
-    """
+    async def hit(self, user: str) -> float | None: ...
 
-    async def _MemoryStorage__schedule_expiry(self) -> None:
-        return None
-
-    def prune(self, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        expired = [key for key, at in self.expirations.items() if at <= now]
-        for key in expired:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
-        return len(expired)
-
-    def __len__(self) -> int:
-        return len(self.storage)
-
-
-# ``limits`` wraps these methods of every Storage subclass for error translation; subclassing
-# MemoryStorage wrapped its already wrapped methods a second time. One layer is enough.
-for _method in ("incr", "get", "get_expiry", "check", "reset", "clear"):
-    setattr(MemoryLimitStorage, _method, MemoryStorage.__dict__[_method])
+    async def abusive(self, user: str) -> bool: ...
 
 
 class RateLimiter:

@@ -30,13 +30,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from limits.aio.storage import RedisStorage, Storage
+from limits.aio.storage import RedisStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from qa_ws_cli.config import SessionSettings, store_scheme_problem
+from qa_ws_cli.config import RateLimitSettings, SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
+from qa_ws_cli.server.limits import Limiter, RateLimiter
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
 from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
@@ -134,8 +135,8 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         """False from a failed call until a call succeeds again."""
         return not self._down
 
-    def limit_storage(self) -> Storage:
-        return self._limits
+    def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
+        return RateLimiter(settings, self._limits)
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)

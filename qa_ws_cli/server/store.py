@@ -11,9 +11,9 @@ from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from limits.aio.storage import Storage
-
-from qa_ws_cli.server.limits import MemoryLimitStorage
+from qa_ws_cli.config import RateLimitSettings
+from qa_ws_cli.server.limits import Limiter
+from qa_ws_cli.server.memory_limits import MemoryRateLimiter
 from qa_ws_cli.server.notifications import InboxLimits, MemoryInbox, Notification, Taken
 from qa_ws_cli.server.session_store import MemorySessionStore, SessionStore
 
@@ -54,8 +54,8 @@ class Store(SessionStore):
     name: str
 
     @abstractmethod
-    def limit_storage(self) -> Storage:
-        """The ``limits`` storage the rate limiter counts in."""
+    def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
+        """The per-user rate limiter, counting where this store keeps its state."""
 
     @abstractmethod
     def attach_peer(self, peer: ClusterPeer) -> None:
@@ -148,14 +148,16 @@ class MemoryStore(MemorySessionStore, Store):
 
     def __init__(self) -> None:
         super().__init__()
-        self._limits = MemoryLimitStorage()
+        self.limiter: MemoryRateLimiter | None = None
         self._peers: list[ClusterPeer] = []
         self._slots: dict[str, set[str]] = {}
         self._operators: list[OperatorPeer] = []
         self.inbox = MemoryInbox()
 
-    def limit_storage(self) -> MemoryLimitStorage:
-        return self._limits
+    def rate_limiter(self, settings: RateLimitSettings) -> MemoryRateLimiter:
+        if self.limiter is None:
+            self.limiter = MemoryRateLimiter(settings)
+        return self.limiter
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
@@ -214,4 +216,5 @@ class MemoryStore(MemorySessionStore, Store):
         return len(self._slots)
 
     def prune(self) -> int:
-        return self._limits.prune() + self.sweep()
+        pruned = self.limiter.prune() if self.limiter is not None else 0
+        return pruned + self.sweep()

@@ -23,7 +23,7 @@ from qa_ws_cli.protocol.codec import encode
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server import gateway as gateway_module
 from qa_ws_cli.server.connections import Connection
-from qa_ws_cli.server.limits import MemoryLimitStorage, RateLimiter
+from qa_ws_cli.server.memory_limits import MemoryRateLimiter
 from qa_ws_cli.server.session_core import Publish
 from qa_ws_cli.server.store import MemoryStore
 from tests.conftest import make_settings, run_gateway
@@ -33,17 +33,20 @@ USERS = 3000
 
 
 async def test_rate_limit_counters_of_thousands_of_users_are_dropped() -> None:
-    storage = MemoryLimitStorage()
-    limiter = RateLimiter(RateLimitSettings(max_requests_per_minute=2, burst=1), storage)
+    clock = [1_000_000.5]
+    limiter = MemoryRateLimiter(
+        RateLimitSettings(max_requests_per_minute=2, burst=1), clock=lambda: clock[0]
+    )
     for n in range(USERS):
         assert await limiter.hit(f"user-{n}") is None
     assert await limiter.hit("user-0") is not None  # the counters are live: a 2nd hit is over
-    assert len(storage) == 2 * USERS  # a one-second and a one-minute counter per user
+    assert len(limiter) == 2 * USERS  # a one-second and a one-minute counter per user
 
-    now = time.time()
-    assert storage.prune(now=now + 3) == USERS  # the one-second windows go first
-    assert storage.prune(now=now + 121) == USERS
-    assert len(storage) == 0 and not storage.expirations and not storage.locks
+    clock[0] += 3
+    assert limiter.prune() == USERS  # the one-second windows go first
+    clock[0] += 121
+    assert limiter.prune() == USERS
+    assert len(limiter) == 0
     assert await limiter.hit("user-0") is None  # a user who comes back starts afresh
 
 
@@ -108,8 +111,8 @@ async def test_hundreds_of_users_come_and_go_over_sockets_and_leave_nothing_behi
             await asyncio.gather(*(visit(n) for n in range(start, start + 50)))
         g = gw.gateway
         await eventually(lambda: len(g.connections) == 1, what="every visitor's handler ended")
-        storage = g.store.limit_storage()
-        assert isinstance(storage, MemoryLimitStorage)
+        storage = g.limiter
+        assert isinstance(storage, MemoryRateLimiter)
         store = g.store
         assert isinstance(store, MemoryStore)
         assert len(store) == 301 and len(storage) == 600 and store.users() == 1
@@ -121,7 +124,7 @@ async def test_hundreds_of_users_come_and_go_over_sockets_and_leave_nothing_behi
         assert len(store) == 1 and hello["session_id"] in store.records
         assert await metric(http, gw, "qa_ws_sessions") == 1
         storage.prune(now=time.time() + 121)  # past every rate-limit window
-        assert len(storage) == 0 and not storage.locks
+        assert len(storage) == 0
         gc.collect()
         left = [o for o in gc.get_objects() if isinstance(o, Connection)]
         assert [c.user for c in left if c.user.startswith("visitor-")] == []
