@@ -61,6 +61,9 @@ class ServerSettings(_Section):
     max_connections: int = Field(10_000, ge=1)
     max_connections_per_user: int = Field(10, ge=1)
     name: str = "qa-ws"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="auto: uvloop when it is installed (it is, on Linux and macOS)"
+    )
     ssl: SSLSettings = SSLSettings()
     # proxies (addresses or networks) whose X-Forwarded-For names the real client, e.g. nginx
     trusted_proxies: list[IPvAnyNetwork] = []

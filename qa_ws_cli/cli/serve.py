@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,20 +90,39 @@ def command(
         backend = load_agent(settings.agent)
         configure_logging(settings.logging)
         store: Store | None = RedisStore(settings.store.url) if settings.store.url else None
+        loop_name, loop_factory = event_loop(settings.server.event_loop)
         try:
-            asyncio.run(
-                serve(
-                    settings,
-                    backend,
-                    store=store,
-                    on_ready=lambda url: _announce(settings, url, dev, store, dev_secret),
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(
+                    serve(
+                        settings,
+                        backend,
+                        store=store,
+                        on_ready=lambda url: _announce(
+                            settings, url, dev, store, dev_secret, loop_name
+                        ),
+                    )
                 )
-            )
         except BindError as exc:
             fail(_bind_hint(exc), EXIT_CANNOT_LISTEN)
 
 
 EXIT_CANNOT_LISTEN = 2
+
+
+def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """uvloop when asked for or (``auto``) when it is installed, else asyncio's own loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                fail(
+                    "server.event_loop is uvloop, but uvloop is not installed (pip install uvloop)"
+                )
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", None
 
 
 def _bind_hint(exc: BindError) -> str:
@@ -130,13 +150,18 @@ def _page_url(url: str) -> str:
 
 
 def _announce(
-    settings: Settings, url: str, dev: bool, store: Store | None, dev_secret: Path | None
+    settings: Settings,
+    url: str,
+    dev: bool,
+    store: Store | None,
+    dev_secret: Path | None,
+    loop_name: str,
 ) -> None:
     auth = settings.security.authentication.enabled
     err_console.print(
         f"[bold green]qa-ws[/] listening on [bold]{url}[/] "
         f"(agent: {settings.agent.spec}, auth: {'on' if auth else 'OFF'}, "
-        f"store: {store.name if store else 'memory'})"
+        f"store: {store.name if store else 'memory'}, loop: {loop_name})"
     )
     page = _page_url(url)
     err_console.print(f"chat page: {page}   health: {page}healthz   metrics: {page}metrics")

@@ -27,7 +27,8 @@ from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.session_core import Output, SessionCore, StartRun
 
 _PROTOCOL_CODES = frozenset(ErrorCode)
-CANCEL_WAIT_S = 5.0  # how long a backend's own cancel may take before the run is dropped
+CANCEL_WAIT_S = 5.0
+YIELD_EVERY = 16  # pieces between two forced yields to the event loop (not one per piece)  # how long a backend's own cancel may take before the run is dropped
 log = logging.getLogger("qa_ws.server")
 
 
@@ -113,6 +114,7 @@ class AgentRun:
             return await self.agent.chat(content, context)
         chat_id = context.message_id
         pieces: list[str] = []
+        since_yield = 0
         events = self.agent.events(content, context)
         try:
             async for item in events:
@@ -130,7 +132,10 @@ class AgentRun:
                     if frame is not None:
                         for out in core.live(chat_id, encode(frame)):
                             self._send(out)
-                await asyncio.sleep(0)  # an agent that never awaits must not stall us
+                since_yield += 1
+                if since_yield >= YIELD_EVERY:  # an agent that never awaits must not stall us
+                    since_yield = 0
+                    await asyncio.sleep(0)
         finally:  # a timeout or cancel may land here, not in the agent: close it now
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

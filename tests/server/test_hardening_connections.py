@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
 from tests.conftest import ServerProcess, make_settings
@@ -106,10 +107,13 @@ async def test_behind_a_trusted_proxy_the_cap_counts_the_forwarded_address(
         # every one of these came from 127.0.0.1: the proxy's TCP address is not what counts
 
 
-async def test_descriptor_exhaustion_logs_a_line_a_second_and_chats_go_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_descriptor_exhaustion_logs_a_line_a_second_and_chats_go_on(
+    tmp_path: Path, loop: str
+) -> None:
     server = start_server(
         tmp_path,
-        env={"WEBSOCKET_SERVER__HANDSHAKE_TIMEOUT_S": "2"},
+        env={"WEBSOCKET_SERVER__HANDSHAKE_TIMEOUT_S": "2", "WEBSOCKET_SERVER__EVENT_LOOP": loop},
         nofile=(128, 256),
     )
     output = server.output()
@@ -129,8 +133,10 @@ async def test_descriptor_exhaustion_logs_a_line_a_second_and_chats_go_on(tmp_pa
         await asyncio.sleep(3)  # let the timeouts and the retry of accept() run
         await chat_once(http, server, tok, 2)  # and a new one after it
     failures = log_lines(server, "accept_failed")
-    assert failures, "the descriptor exhaustion was not reported"
-    assert "error=EMFILE" in failures[0]
+    if loop == "asyncio":  # uvloop (libuv) keeps a spare descriptor and retries by itself
+        assert failures, "the descriptor exhaustion was not reported"
+        assert "error=EMFILE" in failures[0]
     assert len(failures) < 15  # one a second at most, not one per accept() attempt
+    assert len(server.output().splitlines()) < 60  # the whole log stays small
     assert "Traceback" not in server.output()
     assert len(server.output().splitlines()) < 200
