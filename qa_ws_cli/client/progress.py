@@ -30,6 +30,11 @@ def call_text(name: str, args: dict[str, Any] | None) -> str:
     return printable(f"{name}({', '.join(shown)})", LINE_CHARS)
 
 
+def preview(text: str) -> str:
+    """A result preview on one line."""
+    return printable(" ".join(text.split()), LINE_CHARS)
+
+
 def ms_text(ms: float | None) -> str:
     return "" if ms is None else f" in {ms:.0f} ms"
 
@@ -80,8 +85,9 @@ class StderrProgress:
     """``send``'s progress on stderr: ``running X(…)…`` and, on the same line when nothing
     came between, `` done in 120 ms``; a failure or a status line on its own line."""
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(self, write: Callable[[str], None], *, details: bool = False) -> None:
         self.write = write
+        self.details = details  # also each result's preview, on a line of its own
         self.tools = ToolProgress()
         self._open: str | None = None  # the id of a tool whose line awaits its end
 
@@ -101,6 +107,8 @@ class StderrProgress:
             else:
                 self._close_line()
                 self.write(f"{text} {how}\n")
+            if self.details and event.result_preview:
+                self.write(f"  → {preview(event.result_preview)}\n")
         elif event.kind == "status" and event.text:
             self._close_line()
             self.write(printable(event.text, LINE_CHARS) + "\n")
@@ -114,4 +122,4 @@ class StderrProgress:
         self._close_line()
 
 
-__all__ = ["StderrProgress", "ToolProgress", "call_text", "summary_text"]
+__all__ = ["StderrProgress", "ToolProgress", "call_text", "preview", "summary_text"]
