@@ -58,6 +58,7 @@ def build_report(
             "messages_sent": result.messages_sent,
             "answers": result.answers,
             "rate_limited": result.rate_limited,
+            "agent_events": result.counters.get("agent_events", 0),
             "messages_per_second": round(result.messages_per_second, 2),
             "answers_per_second": round(result.answers_per_second, 2),
         },
@@ -229,6 +230,7 @@ def render_console(
         f"messages sent {result.messages_sent} ({result.messages_per_second:.1f}/s), "
         f"answers {result.answers} ({result.answers_per_second:.1f}/s)"
         + (f", rate_limited {result.rate_limited}" if result.rate_limited else "")
+        + (f", agent events {events}" if (events := result.counters.get("agent_events")) else "")
         + f"; load {result.load_seconds:.1f} s"
     )
     if result.errors_by_code:

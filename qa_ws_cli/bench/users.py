@@ -233,6 +233,8 @@ class QaWsUser(User):
                     deltas += 1
                     if deltas == 1:
                         self.rec.ok("first_delta", _ms(started))
+                elif kind == "agent_event":  # tool progress: counted, never a latency
+                    self.rec.count("agent_events")
                 elif kind == "agent_response":
                     self.rec.ok("chat", _ms(started), len(event.get("content", "")))
                     self.rec.sample("deltas", deltas)
@@ -338,7 +340,9 @@ class BurstUser(QaWsUser):
                 if rid not in sent:
                     self.unrelated(event)
                     continue
-                if kind == "agent_delta":  # a streaming agent: the answer is still to come
+                if kind in ("agent_delta", "agent_event"):  # the answer is still to come
+                    if kind == "agent_event":
+                        self.rec.count("agent_events")
                     continue
                 started = sent.pop(rid)
                 if kind == "agent_response":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +21,9 @@ from qa_ws_cli.cli.common import (
     settings_from,
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
+from qa_ws_cli.client.files import upload_file
 from qa_ws_cli.client.output import Output, unless_closed
+from qa_ws_cli.client.progress import StderrProgress
 
 
 def command(
@@ -43,6 +46,13 @@ def command(
     reconnect: Annotated[
         bool, typer.Option("--reconnect/--no-reconnect", help="Resume after a lost connection.")
     ] = True,
+    files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file",
+            help="Upload this file (POST /files) and attach it to the (first) message; repeatable.",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Send a message and stream the agent's answer to stdout; exit 0 after agent_response.
@@ -50,6 +60,9 @@ def command(
     Examples:
       qa-ws send "how do I test a login form?" --url ws://127.0.0.1:8765/ws --token "$TOKEN"
       cat questions.txt | qa-ws send - --token "$TOKEN"
+      qa-ws send "why did this fail?" --file junit.xml --file screen.png --token "$TOKEN"
+
+    Tool progress goes to stderr (running lookup_test_plan(feature="login")… done in 120 ms).
 
     Exit codes: 1 config, 2 usage, 3 handshake refused, 4 connection lost, 5 error event,
     6 timeout, 141 stdout closed by its reader (as `| head`).
@@ -74,11 +87,11 @@ def command(
         connect_timeout=min(timeout, 15.0),
     )
     with failures():
-        asyncio.run(_send_all(options, messages, as_json, timeout))
+        asyncio.run(_send_all(options, messages, as_json, timeout, files or []))
 
 
 async def _send_all(
-    options: ClientOptions, messages: list[str], as_json: bool, timeout: float
+    options: ClientOptions, messages: list[str], as_json: bool, timeout: float, files: list[Path]
 ) -> None:
     client = QaWsClient(options)
     out = Output(sys.stdout)
@@ -86,18 +99,31 @@ async def _send_all(
         client.on_event = lambda event: out.write(event.model_dump_json(exclude_none=True) + "\n")
     out.watch()
     try:
-        await unless_closed(out, _ask_each(client, out, messages, as_json, timeout))
+        await unless_closed(out, _ask_each(client, out, messages, as_json, timeout, files))
     finally:
         out.unwatch()
         await client.close()
 
 
+def _note(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 async def _ask_each(
-    client: QaWsClient, out: Output, messages: list[str], as_json: bool, timeout: float
+    client: QaWsClient,
+    out: Output,
+    messages: list[str],
+    as_json: bool,
+    timeout: float,
+    files: list[Path],
 ) -> None:
+    uploaded = [await upload_file(client.options, path) for path in files]
+    attachments = tuple(f.file_id for f in uploaded)
     await client.connect()
     for text in messages:
         streamed = False
+        progress = None if as_json else StderrProgress(_note)
 
         def on_delta(piece: str) -> None:
             nonlocal streamed
@@ -105,6 +131,11 @@ async def _ask_each(
             if not as_json:
                 out.write(piece)
 
-        answer = await client.ask(text, timeout=timeout, on_delta=on_delta)
+        answer = await client.ask(
+            text, timeout=timeout, on_delta=on_delta, on_event=progress, attachments=attachments
+        )
+        attachments = ()  # the files go with the first message only
+        if progress is not None:
+            progress.finish()
         if not as_json:
             out.write(("" if streamed else answer.content) + "\n")

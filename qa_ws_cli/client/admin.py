@@ -82,9 +82,10 @@ class AdminClient:
                 text = await resp.text(errors="replace")
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ServerUnreachable(f"cannot reach {self.base}: {_reason(exc)}") from None
+            reason = unreachable_reason(exc)
+            raise ServerUnreachable(f"cannot reach {self.base}: {reason}") from None
         if status >= 400 and status not in accept:
-            raise _refused(status, text, path)
+            raise refusal_error(status, text, path)
         return status, text
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -120,7 +121,7 @@ class AdminClient:
         return int(answer["disconnected"])
 
 
-def _reason(exc: BaseException) -> str:
+def unreachable_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -130,7 +131,7 @@ def _reason(exc: BaseException) -> str:
     return printable(str(exc) or type(exc).__name__, 160)
 
 
-def _refused(status: int, text: str, path: str) -> HandshakeRefused | RequestRefused:
+def refusal_error(status: int, text: str, path: str) -> HandshakeRefused | RequestRefused:
     error, detail = "http_error", ""
     try:
         body = json.loads(text)

@@ -43,6 +43,7 @@ from qa_ws_cli.protocol.codec import decode_server
 from qa_ws_cli.protocol.codes import CloseCode
 from qa_ws_cli.protocol.events import (
     AgentDelta,
+    AgentEvent,
     AgentResponse,
     ErrorEvent,
     Pong,
@@ -60,6 +61,8 @@ class _Pending:
     content: str
     future: asyncio.Future[AgentResponse]
     on_delta: Callable[[str], None] | None = None
+    on_event: Callable[[AgentEvent], None] | None = None  # tool progress and the like
+    attachments: tuple[str, ...] = ()  # file ids from POST /files (client/files.py)
     sent_at: float = field(default_factory=time.perf_counter)
     cancel_id: str | None = None  # set by cancel(): resend the cancel, never the question
 
@@ -183,6 +186,10 @@ class QaWsClient:
             pending = self._pending.get(event.reply_to)
             if pending is not None and pending.on_delta is not None:
                 pending.on_delta(event.delta)
+        elif isinstance(event, AgentEvent):
+            pending = self._pending.get(event.reply_to)
+            if pending is not None and pending.on_event is not None:
+                pending.on_event(event)
         elif isinstance(event, AgentResponse):
             self._settle(event.reply_to, event)
         elif isinstance(event, ErrorEvent) and event.reply_to is not None:
@@ -291,7 +298,7 @@ class QaWsClient:
             if pending.cancel_id is not None:
                 frame = {"type": "cancel", "id": pending.cancel_id, "target": msg_id}
             else:
-                frame = {"type": "chat_message", "id": msg_id, "content": pending.content}
+                frame = _chat_frame(msg_id, pending.content, pending.attachments)
             await self._send(frame)
 
     # -- sending -------------------------------------------------------------------------
@@ -310,17 +317,22 @@ class QaWsClient:
         *,
         msg_id: str | None = None,
         on_delta: Callable[[str], None] | None = None,
+        on_event: Callable[[AgentEvent], None] | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> asyncio.Future[AgentResponse]:
         """Send one chat message; the future resolves with its ``agent_response``.
 
-        Cancelling the future forgets the question: it is not resent on a reconnect.
+        ``on_event`` sees the answer's ``agent_event``s (tools, reasoning, status);
+        ``attachments`` are ``file_id``s from ``upload_file``. Cancelling the future forgets
+        the question: it is not resent on a reconnect.
         """
         msg_id = msg_id or self.new_id()
         future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = _Pending(content, future, on_delta)
+        pending = _Pending(content, future, on_delta, on_event, tuple(attachments))
+        self._pending[msg_id] = pending
         future.add_done_callback(lambda done: self._forget(msg_id, done))
         try:
-            await self._send({"type": "chat_message", "id": msg_id, "content": content})
+            await self._send(_chat_frame(msg_id, content, pending.attachments))
         except BaseException:
             future.cancel()
             raise
@@ -339,10 +351,14 @@ class QaWsClient:
         *,
         timeout: float | None = None,
         on_delta: Callable[[str], None] | None = None,
+        on_event: Callable[[AgentEvent], None] | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> AgentResponse:
         """Send and wait for the answer; on timeout the question is cancelled and forgotten."""
         msg_id = self.new_id()
-        future = await self.send_chat(content, msg_id=msg_id, on_delta=on_delta)
+        future = await self.send_chat(
+            content, msg_id=msg_id, on_delta=on_delta, on_event=on_event, attachments=attachments
+        )
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -418,6 +434,13 @@ class QaWsClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _chat_frame(msg_id: str, content: str, attachments: tuple[str, ...]) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "chat_message", "id": msg_id, "content": content}
+    if attachments:
+        frame["attachments"] = list(attachments)
+    return frame
 
 
 def _cancelled(msg_id: str) -> ServerError:

@@ -13,13 +13,14 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from qa_ws_cli.auth.tokens import peek_claims
+from qa_ws_cli.client.attach import NextMessage, command_arg
 from qa_ws_cli.client.connection import QaWsClient
 from qa_ws_cli.client.output import Output, OutputClosed, unless_closed
-from qa_ws_cli.errors import AuthError, ClientTimeout, ConnectionLost, HandshakeRefused, QaWsError
+from qa_ws_cli.client.progress import StderrProgress
+from qa_ws_cli.client.tokens import token_rows
+from qa_ws_cli.errors import ClientTimeout, ConnectionLost, HandshakeRefused, QaWsError
 from qa_ws_cli.protocol.events import ServerEvent, SystemEvent
 
 COMMANDS: dict[str, str] = {
@@ -28,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "/session": "show the session, connection and server in use",
     "/token": "show the claims and expiry of the token in use",
     "/json": "toggle the raw event view (every received event as JSON)",
+    "/attach": "upload a file for the next message: /attach PATH (repeatable)",
+    "/tools": "toggle the tool details (each call's arguments and result)",
     "/reconnect": "drop the connection and resume the session",
     "/quit": "leave (also /exit)",
 }
@@ -81,43 +84,6 @@ def command_name(line: str) -> str | None:
 
 def message_text(line: str) -> str:
     return line[1:] if line.startswith("//") else line
-
-
-def _when(epoch: float, now: float) -> str:
-    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    delta = epoch - now
-    span = _span(abs(delta))
-    return f"{stamp} ({'in ' + span if delta >= 0 else span + ' ago'})"
-
-
-def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def token_rows(token: str | None, now: float | None = None) -> list[tuple[str, str]]:
-    """What a user wants to know of their token; never the token or its signature."""
-    if not token:
-        return [("token", "none (the server must have authentication off)")]
-    try:
-        claims = peek_claims(token)
-    except AuthError as exc:
-        return [("token", exc.message)]
-    now = time.time() if now is None else now
-    rows = [("sub", str(claims.get("sub", "?"))), ("scope", str(claims.get("scope", "chat")))]
-    rows += [(key, str(claims[key])) for key in ("iss", "aud", "jti") if key in claims]
-    for key, label in (("iat", "issued"), ("nbf", "not before"), ("exp", "expires")):
-        value = claims.get(key)
-        if isinstance(value, int | float):
-            rows.append((label, _when(float(value), now)))
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and exp <= now:
-        rows.append(("status", "EXPIRED: get a fresh token (or use --sub)"))
-    return rows
 
 
 def session_rows(client: QaWsClient) -> list[tuple[str, str]]:
@@ -268,6 +234,8 @@ class LineRepl:
         self.timeout = timeout
         self.errors: list[QaWsError] = []
         self.narrator = Narrator(client, self._note, self._note)
+        self.next = NextMessage()
+        self.details = False  # /tools: each tool's result preview too
 
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -328,7 +296,7 @@ class LineRepl:
             if name is None:
                 await self._ask(message_text(line))
                 return True
-            return await self._command(name)
+            return await self._command(name, command_arg(line))
         except ConnectionLost:
             raise
         except QaWsError as exc:
@@ -337,11 +305,21 @@ class LineRepl:
         return True
 
     async def _ask(self, text: str) -> None:
-        answer = await self.client.ask(text, timeout=self.timeout)
+        progress = None if self.as_json else StderrProgress(self._write_err, details=self.details)
+        files = self.next.take()
+        answer = await self.client.ask(
+            text, timeout=self.timeout, on_event=progress, attachments=files
+        )
+        if progress is not None:
+            progress.finish()
         if not self.as_json:
             self._print(answer.content)
 
-    async def _command(self, name: str) -> bool:
+    def _write_err(self, text: str) -> None:
+        self.err.write(text)
+        self.err.flush()
+
+    async def _command(self, name: str, arg: str = "") -> bool:
         rows: list[tuple[str, str]] = []
         if name == "/quit":
             return False
@@ -358,6 +336,11 @@ class LineRepl:
             self._note(f"raw event view {'on' if self.as_json else 'off'}")
         elif name == "/reconnect":
             await reconnect(self.client, failed=False)  # the narrator tells what happened
+        elif name == "/attach":
+            self._note(await self.next.attach(self.client, arg))
+        elif name == "/tools":
+            self.details = not self.details
+            self._note(f"tool details {'on' if self.details else 'off'}")
         for key, value in rows:
             self._print(f"{key}: {value}")
         return True

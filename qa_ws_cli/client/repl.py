@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -21,21 +20,18 @@ from typing import Any
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application.current import get_app_or_none
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input, create_input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.patch_stdout import patch_stdout
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
-from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from qa_ws_cli.client.attach import NextMessage, command_arg
 from qa_ws_cli.client.connection import QaWsClient
 from qa_ws_cli.client.plain import (
     COMMANDS,
@@ -49,61 +45,19 @@ from qa_ws_cli.client.plain import (
     session_rows,
     token_rows,
 )
+from qa_ws_cli.client.progress import summary_text
+from qa_ws_cli.client.screen import (
+    SlashCompleter,
+    StreamingAnswer,
+    default_history_path,
+    open_history,
+)
 from qa_ws_cli.errors import ConnectionLost, HandshakeRefused, QaWsError, ServerError
 from qa_ws_cli.protocol.events import AgentResponse, ServerEvent, SystemEvent
 
 PROMPT = "qa\u203a "  # a quieter mark than ">"
 EXIT_WINDOW_S = 2.0  # a second Ctrl-C within this long leaves
 CANCEL_GRACE_S = 3.0  # how long to wait for the server to confirm a cancel
-
-
-def default_history_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "qa-ws" / "history"
-
-
-def open_history(path: Path | None) -> tuple[History, str | None]:
-    """A history that cannot be written must not stop the repl: it falls back to memory."""
-    path = path or default_history_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
-    except OSError as exc:
-        return InMemoryHistory(), f"history not kept: cannot write {path} ({exc.strerror})"
-    return FileHistory(str(path)), None
-
-
-class SlashCompleter(Completer):
-    """Completes the command word only, so ordinary messages never pop a menu."""
-
-    def get_completions(
-        self, document: Document, complete_event: CompleteEvent
-    ) -> Iterable[Completion]:
-        word = document.text_before_cursor
-        if not word.startswith("/") or any(c.isspace() for c in word):
-            return
-        for name, meta in COMMANDS.items():
-            if name.startswith(word.lower()):
-                yield Completion(name, start_position=-len(word), display_meta=meta)
-
-
-class StreamingAnswer:
-    """The answer so far, drawn as its last screenful so a long one never breaks ``Live``."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self._spinner = Spinner("dots", Text("thinking…  (Ctrl-C cancels)", style="dim"))
-
-    def add(self, piece: str) -> None:
-        self.text += piece
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        if not self.text:
-            yield self._spinner
-            return
-        lines = Text(self.text).wrap(console, options.max_width)
-        room = max(1, (options.height or console.height) - 2)
-        yield from lines[-room:]
 
 
 class Repl:
@@ -143,6 +97,8 @@ class Repl:
         self._typeahead = ""
         self._queued: list[str] = []  # lines typed and entered while an answer streamed
         self._answer: StreamingAnswer | None = None
+        self.next = NextMessage()  # files from /attach
+        self.details = False  # /tools
         self._last_latency_ms: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -311,14 +267,19 @@ class Repl:
             name = command_name(line)
             if name is None:
                 return await self._ask(message_text(line))
-            return await self._command(name)
+            return await self._command(name, command_arg(line))
         except QaWsError as exc:  # UnknownCommand included
             self.error(explain(exc))
         return True
 
-    async def _command(self, name: str) -> bool:
+    async def _command(self, name: str, arg: str = "") -> bool:
         if name == "/quit":
             return False
+        if name == "/attach":
+            self.note(await self.next.attach(self.client, arg))
+        elif name == "/tools":
+            self.details = not self.details
+            self.note(f"tool details {'on' if self.details else 'off'}")
         if name == "/help":
             self._rows(list(COMMANDS.items()))
             self._rows(KEYS)
@@ -351,7 +312,13 @@ class Repl:
         msg_id = self.client.new_id()
         answer = self._answer = StreamingAnswer()
         on_delta = None if self.as_json else answer.add
-        future = await self.client.send_chat(text, msg_id=msg_id, on_delta=on_delta)
+        future = await self.client.send_chat(
+            text,
+            msg_id=msg_id,
+            on_delta=on_delta,
+            on_event=answer.event,
+            attachments=self.next.take(),
+        )
         if self.client.state != "connected":
             self.note("not connected: the message goes out when the connection is back")
         try:
@@ -423,6 +390,7 @@ class Repl:
             result = future.result()
             self._last_latency_ms = result.latency_ms
             if not self.as_json:
+                self._show_tools(result, answer)
                 self.console.print(Markdown(result.content) if result.content else "")
                 self.note(f"answered in {result.latency_ms:.0f} ms")
         elif isinstance(exc, QaWsError) and not isinstance(exc, ConnectionLost):
@@ -430,3 +398,14 @@ class Repl:
             self.error(exc.message + (f" (retry in {retry:g} s)" if retry else ""))
         elif not isinstance(exc, QaWsError):
             raise exc
+
+    def _show_tools(self, result: AgentResponse, answer: StreamingAnswer) -> None:
+        """Each tool's line with /tools on, else one line naming them."""
+        if self.details:
+            for line in answer.done:
+                self.console.print(Text(line, style="dim"), soft_wrap=True)
+        elif result.tools:
+            self.note(summary_text(result.tools))
+
+
+__all__ = ["Repl", "SlashCompleter", "StreamingAnswer", "default_history_path", "open_history"]

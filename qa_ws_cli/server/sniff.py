@@ -44,12 +44,17 @@ def sniff(data: bytes) -> str | None:
     return classify_text(text)
 
 
+def _looks_like_xml(body: str) -> bool:
+    """A declaration, a closing tag, or one self-closed element (``<testsuite tests="0"/>``)."""
+    return body.startswith("<?xml") or "</" in body or (body.endswith("/>") and "<" not in body[1:])
+
+
 def classify_text(text: str) -> str:
     """JSON, XML, CSV, Markdown, log or plain, from the content."""
     body = text.lstrip("\ufeff").strip()
     if body[:1] in ("{", "[") and _is_json(body):
         return "application/json"
-    if body.startswith("<") and body.endswith(">") and (body.startswith("<?xml") or "</" in body):
+    if body.startswith("<") and body.endswith(">") and _looks_like_xml(body):
         return "application/xml"
     lines = [line for line in body[:_HEAD_CHARS].splitlines() if line.strip()][:20]
     if _is_log(lines):  # before CSV: a log's lines may all hold the same commas

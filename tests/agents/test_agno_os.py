@@ -1,104 +1,25 @@
 """The Agno and OpenAI-compatible backends against a real Agno AgentOS (agno_os.py).
 
-AgentOS runs as its own process (uvicorn), with one agent that has a Python tool; its model is
-the stand-in ``ToolModel`` (the only part outside every deployment), served on a loopback
-port from a thread. The qa-ws agents are called directly, as the gateway calls them.
+AgentOS and its stand-in model are ``tests/agents/stack.py``'s; the qa-ws agents are called
+directly, as the gateway calls them (tests/server/test_agent_e2e.py goes through the gateway).
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.agents.events import Attachment, Piece, ToolFinished, ToolStarted
 from qa_ws_cli.agents.registry import load_agent
 from qa_ws_cli.errors import AgentError
-from tests.conftest import free_port
 from tests.server.test_files import PNG
 
-from .conftest import ToolModel, agent_settings
+from .conftest import agent_settings
+from .stack import Stack, agentos_stack  # noqa: F401 (the stack fixture)
 
 pytest.importorskip("agno", reason="agno is a test dependency: pip install -e '.[dev]'")
-
-HERE = Path(__file__).parent
-
-
-@dataclass
-class Stack:
-    agentos: str  # http://127.0.0.1:PORT
-    model_url: str  # http://127.0.0.1:PORT/v1
-    model: ToolModel
-
-
-def _serve_in_thread(app: web.Application) -> tuple[int, asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    port = free_port()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    threading.Thread(target=run, daemon=True).start()
-    assert ready.wait(10), "the model stand-in did not start"
-    return port, loop
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"AgentOS did not start:\n{log.read_text()}")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    model = ToolModel()
-    model_port, loop = _serve_in_thread(model.app())
-    model_url = f"http://127.0.0.1:{model_port}/v1"
-    port = free_port()
-    log = tmp_path_factory.mktemp("agentos") / "agentos.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "agno_os.py"), str(port), model_url],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
-        yield Stack(url, model_url, model)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        loop.call_soon_threadsafe(loop.stop)
 
 
 def agno_agent(stack: Stack) -> Agent:

@@ -34,6 +34,7 @@ from qa_ws_cli.client.repl import (
 )
 from qa_ws_cli.config import Settings
 from qa_ws_cli.errors import ServerError
+from qa_ws_cli.protocol.events import AgentEvent, ToolCall
 
 
 def test_command_names_aliases_and_the_slash_escape() -> None:
@@ -68,7 +69,17 @@ def test_slash_completion_only_for_the_command_word() -> None:
         return [c.text for c in found]
 
     assert complete("/re") == ["/reconnect"]
-    assert complete("/") == ["/help", "/ping", "/session", "/token", "/json", "/reconnect", "/quit"]
+    assert complete("/") == [
+        "/help",
+        "/ping",
+        "/session",
+        "/token",
+        "/json",
+        "/attach",
+        "/tools",
+        "/reconnect",
+        "/quit",
+    ]
     assert complete("/ping now") == []
     assert complete("what is /p") == []
 
@@ -84,6 +95,27 @@ def test_streaming_answer_shows_its_last_screenful() -> None:
     console.print(answer)
     shown = console.file.getvalue().split()  # type: ignore[attr-defined]
     assert shown == ["line08", "line09", "line10", "line11"]
+
+
+def test_streaming_answer_has_a_status_line_while_a_tool_runs() -> None:
+    answer = StreamingAnswer()
+    call = ToolCall(id="t1", name="lookup_test_plan", args={"feature": "login"})
+    answer.event(AgentEvent(reply_to="m1", kind="tool_started", tool=call))
+    console = Console(width=100, height=6, file=io.StringIO(), color_system=None)
+    console.print(answer)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert 'running lookup_test_plan(feature="login")…' in shown and "thinking" not in shown
+    done = ToolCall(id="t1", name="lookup_test_plan")
+    answer.event(
+        AgentEvent(
+            reply_to="m1", kind="tool_finished", tool=done, result_preview="3 cases\nok", ms=120
+        )
+    )
+    answer.add("Plan found.")
+    console = Console(width=100, height=6, file=io.StringIO(), color_system=None)
+    console.print(answer)
+    assert console.file.getvalue().strip() == "Plan found."  # type: ignore[attr-defined]
+    assert answer.done == ['lookup_test_plan(feature="login") done in 120 ms → 3 cases ok']
 
 
 def test_history_file_and_its_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -611,8 +611,8 @@ def test_tool_progress_is_listed_under_the_answer(
     browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
 ) -> None:
     """The page's own view code, in the page served by a real server, fed the documented
-    ``agent_event`` frames directly: no backend sends them until agent events land (issue 12),
-    when this becomes an end-to-end test."""
+    ``agent_event`` frames directly, for kinds and hostile names no test agent sends (the
+    end-to-end run from a real agent is the test after this one)."""
     from playwright.sync_api import expect
 
     server = serve(spawn_server, tmp_path, free_port(), "--agent", "echo")
@@ -657,5 +657,60 @@ def test_tool_progress_is_listed_under_the_answer(
     expect(items.first).to_have_attribute("title", "12 cases")
     expect(items.nth(1)).to_have_class("failed")
     expect(page.locator("#log img")).to_have_count(0)
+    assert watch.errors == [] and watch.csp_violations() == []
+    page.context.close()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tool_server(spawn_server: Spawn, tmp_path: Path) -> ServerProcess:
+    """A real server whose agent calls a tool and reports its files (tests/tool_agent.py)."""
+    env = server_env(tmp_path, PYTHONPATH=str(REPO))
+    server: ServerProcess = spawn_server(
+        "--port", str(free_port()), "--agent", "python:tests.tool_agent:agent", env=env
+    )
+    return server
+
+
+def test_a_png_attached_with_the_button_reaches_the_agent_and_tools_show_live(
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.server.test_files import PNG
+
+    server = tool_server(spawn_server, tmp_path)
+    png = tmp_path / "screen.png"
+    png.write_bytes(PNG)
+    page = open_page(browser, 900)
+    watch = Watch(page)
+    page.add_init_script(
+        """
+        window.__progress = [];
+        new MutationObserver(() => {
+          for (const li of document.querySelectorAll(".progress li"))
+            window.__progress.push(li.textContent);
+        }).observe(document, {subtree: true, childList: true, characterData: true});
+        """
+    )
+    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Attach files").click()
+    chooser.value.set_files(str(png))
+    chip = page.locator("#tray .chip")
+    expect(chip).to_have_attribute("data-state", "ready")  # uploaded with POST /files
+    expect(chip.locator(".name")).to_have_text("screen.png")
+    expect(chip.locator("img")).to_have_count(1)  # the thumbnail
+    ask(page, "what is the plan login")
+    expect(page.locator(".msg.user").last.locator("img")).to_have_attribute("alt", "screen.png")
+    agent = page.locator(".msg.agent").last
+    expect(agent).to_have_text(
+        "Plan found. Files: screen.png (image/png, 33 bytes). You asked: what is the plan login"
+    )
+    expect(page.locator(".turn .progress li")).to_have_text(["lookup_test_plan done in 120 ms"])
+    seen: list[str] = page.evaluate("window.__progress")
+    assert seen[0] == 'running lookup_test_plan(feature="login")…', seen  # while it ran
+    expect(page.locator("#tray")).to_be_hidden()  # the file went with that message
     assert watch.errors == [] and watch.csp_violations() == []
     page.context.close()

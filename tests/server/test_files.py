@@ -99,6 +99,7 @@ async def test_upload_then_only_the_owner_downloads(
 TYPES = [
     (b'{"suite": "login", "passed": 12}', "application/json"),
     (b'<?xml version="1.0"?><testsuite tests="3"></testsuite>', "application/xml"),
+    (b'<testsuite name="login" tests="0"/>', "application/xml"),  # a report of no cases
     (b"case,result\nlogin,pass\nlogout,fail\n", "text/csv"),
     (b"# Test plan\n\n- log in\n- log out\n", "text/markdown"),
     (b"2025-01-02 10:00:01 INFO start\n2025-01-02 10:00:02 ERROR boom\n", "text/x-log"),
