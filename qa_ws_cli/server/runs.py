@@ -27,8 +27,8 @@ from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.session_core import Output, SessionCore, StartRun
 
 _PROTOCOL_CODES = frozenset(ErrorCode)
-CANCEL_WAIT_S = 5.0
-YIELD_EVERY = 16  # pieces between two forced yields to the event loop (not one per piece)  # how long a backend's own cancel may take before the run is dropped
+CANCEL_WAIT_S = 5.0  # how long a backend's own cancel may take before the run is dropped
+YIELD_EVERY = 16  # pieces between two forced yields to the event loop (not one per piece)
 log = logging.getLogger("qa_ws.server")
 
 
