@@ -200,3 +200,21 @@ async def test_a_revocation_closes_connections_on_every_instance_and_refuses_han
             assert (await refused.json())["error"] == "token_revoked"
     async with http.ws_connect(a.url, headers=other) as ws:  # other tokens still work
         assert (await next_event(ws))["event"] == "connected"
+
+
+async def test_the_per_user_connection_cap_counts_every_instance(
+    spawn_server: Spawn, tmp_path: Path, http: aiohttp.ClientSession, redis_server: RedisServer
+) -> None:
+    env = server_env(tmp_path, WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER="2")
+    a = spawn_server("--agent", "echo", "--redis-url", redis_server.url, env=env)
+    b = spawn_server("--agent", "echo", "--redis-url", redis_server.url, env=env)
+    assert "store: redis" in a.output() and "store: redis" in b.output()  # the flag's doing
+    auth = headers(tmp_path, "uma")
+    async with http.ws_connect(a.url, headers=auth) as one, http.ws_connect(b.url, headers=auth):
+        await next_event(one)
+        for server in (a, b):  # a third one, on either instance
+            async with http.get(server.url, headers=auth) as refused:
+                assert refused.status == 429
+                assert (await refused.json())["error"] == "too_many_connections"
+    async with http.ws_connect(b.url, headers=auth) as again:  # slots given back on close
+        assert (await next_event(again))["event"] == "connected"
