@@ -1,9 +1,9 @@
-"""Locust users that speak wire protocol v1 over websockets' threading client.
+"""Locust users that speak wire protocol v1 over websockets' Sans-I/O protocol.
 
-``websockets.sync.client`` runs one reader thread per connection; in a load process gevent's
-monkey-patching (done when Locust is imported) turns those threads, locks and selectors into
-greenlets, so thousands of connections share one OS thread cooperatively. Its ``close`` lets
-Locust's ``GreenletExit`` through (no bare ``except``), so a stop never waits for a user.
+Each user drives its connection in its own greenlet (``qa_ws_cli.bench.transport``): no
+reader thread per connection and no handoff between greenlets per frame, which is what the
+load process's CPU per answer pays for (README, bench). Locust's ``GreenletExit`` passes
+through every read and close, so a stop never waits for a user.
 
 ``QaWsUser`` holds one connection and knows the protocol: connect (until the ``connected``
 event), send a frame, read frames until one answers a given id, close. Each scenario is a
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import socket
 import time
 from typing import Any, ClassVar
 
@@ -33,15 +32,14 @@ from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as ws_connect
 
 from qa_ws_cli.bench.hooks import BenchState, state_of
+from qa_ws_cli.bench.transport import WsConnection, refusal
+from qa_ws_cli.bench.transport import open_connection as open_transport
 
 # every wait is bounded by a deadline, and by a count of frames in case a server floods
 MAX_FRAMES_PER_WAIT = 100_000
 MAX_FRAME_BYTES = 4 * 1024 * 1024
-CLOSE_TIMEOUT_S = 1.0
 
 
 class Lost(Exception):
@@ -57,30 +55,9 @@ def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
 
 
-def refusal(exc: InvalidStatus) -> tuple[str, str]:
-    """The handshake refusal's ``error`` code and ``detail`` (docs/protocol.md), else the status."""
-    code, detail = f"http_{exc.response.status_code}", ""
-    try:
-        body = json.loads(exc.response.body or b"{}")
-        code, detail = str(body.get("error") or code), str(body.get("detail") or "")
-    except (ValueError, AttributeError):
-        pass
-    return code, detail
-
-
-def open_connection(url: str, token: str | None, timeout: float) -> ClientConnection:
-    """One WebSocket connection as every bench client opens it (the preflight too)."""
-    return ws_connect(
-        url,
-        additional_headers={"Authorization": f"Bearer {token}"} if token else None,
-        open_timeout=timeout,
-        close_timeout=CLOSE_TIMEOUT_S,
-        ping_interval=None,  # the server sends heartbeats; the reader thread answers them
-        compression=None,
-        max_size=MAX_FRAME_BYTES,
-        proxy=None,  # loopback targets: no HTTP(S)_PROXY from the environment
-        user_agent_header="qa-ws-bench",
-    )
+def open_connection(url: str, token: str | None, timeout: float) -> WsConnection:
+    """One WebSocket connection as every load user opens it."""
+    return open_transport(url, token, timeout, max_size=MAX_FRAME_BYTES)
 
 
 class QaWsUser(User):
@@ -96,7 +73,7 @@ class QaWsUser(User):
         self.options = self.bench.options
         self.sub = self.bench.next_sub()
         self.token = self.bench.tokens.for_user(self.sub)
-        self.ws: ClientConnection | None = None
+        self.ws: WsConnection | None = None
         self.ids = 0
         self.stop_at = time.monotonic() + self.options.max_user_seconds
 
@@ -163,15 +140,14 @@ class QaWsUser(User):
         return self.ws is not None or self.connect() is not None
 
     def drop(self) -> None:
-        """Cut the TCP connection without a closing handshake (the reader thread then ends)."""
+        """Cut the TCP connection without a closing handshake."""
         if self.ws is not None:
             ws, self.ws = self.ws, None
             self.rec.disconnected()
-            with contextlib.suppress(OSError):
-                ws.socket.shutdown(socket.SHUT_RDWR)
+            ws.abort()
 
     def disconnect(self) -> None:
-        """Close normally (1000), waiting at most ``CLOSE_TIMEOUT_S`` for the server's close."""
+        """Close normally (1000), waiting at most ``CLOSE_TIMEOUT_S`` (transport) for the server."""
         if self.ws is not None:
             ws, self.ws = self.ws, None
             self.rec.disconnected()
@@ -197,7 +173,7 @@ class QaWsUser(User):
             if remaining <= 0:
                 raise Lost("answer_timeout")
             try:
-                data = ws.recv(timeout=remaining)
+                data = ws.recv(remaining)
             except TimeoutError:
                 raise Lost("answer_timeout") from None
             except ConnectionClosed as exc:
