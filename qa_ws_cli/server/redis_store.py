@@ -388,6 +388,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        await self.batch.aclose()
         for client in (self._sub, self._redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
