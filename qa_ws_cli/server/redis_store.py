@@ -2,7 +2,7 @@
 
 - Sessions are written through as they change (``redis_sessions.py``): any instance resumes any
   session, with no sticky routing and no drain needed.
-- Rate-limit counters live in Redis through ``limits``' own async Redis storage.
+- Rate-limit counters live in Redis, a hash per user counted by one Lua script (``limits.py``).
 - Per-user connection slots are a sorted set per user, each slot a lease its instance renews,
   so the cap counts every instance and a crashed instance's slots come back by themselves.
 - Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from limits.aio.storage import RedisStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -102,15 +101,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         }
         super().__init__(aioredis.Redis.from_url(url, **fast))
         self._redis = self.client
-        limits_uri = "async+redis+unix" + url[4:] if url.startswith("unix") else "async+" + url
-        shared: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
-        self._limits = RedisStorage(
-            limits_uri,
-            implementation="redispy",
-            wrap_exceptions=True,  # errors arrive as limits.errors.StorageError
-            key_prefix=key_prefix,
-            **shared,  # one connection pool for both clients, closed with ``_redis``
-        )
+        self.key_prefix = key_prefix
         self._reserve = self._redis.register_script(_RESERVE)
         # Its own client and connection: the subscription holds one for good.
         self._sub = aioredis.Redis.from_url(url, **fast)
@@ -136,7 +127,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         return not self._down
 
     def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
-        return RateLimiter(settings, self._limits)
+        return RateLimiter(settings, self._redis, self.batch, self.key_prefix)
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
