@@ -19,6 +19,7 @@ Flame graphs are not written anywhere in the repo: the raw stacks go to a tempor
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -74,7 +75,7 @@ def read_stacks(raw: Path) -> Counter[str]:
 
 def profile(server: Server, seconds: float, out: Path) -> tuple[Counter[str], float, float]:
     """Samples by stage, chats/s and server CPU µs per chat during one profiled window."""
-    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid), "--nonblocking"]
+    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid)] + ([] if os.environ.get("SPY_BLOCKING") else ["--nonblocking"])
     spy += ["--rate", "250", "--format", "raw", "--output", str(out)]
     spy += ["--duration", str(int(seconds) + 2)]
     with subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sampler:

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript
 
 Arg = str | int | float | bytes
@@ -53,9 +53,12 @@ class _Call:
 class AutoPipeline:
     """Queues commands issued close together and sends them as one pipeline."""
 
-    def __init__(self, client: aioredis.Redis, max_batch: int = 512) -> None:
+    def __init__(
+        self, client: aioredis.Redis, max_batch: int = 512, timeout_s: float | None = None
+    ) -> None:
         self.client = client
         self.max_batch = max_batch
+        self.timeout_s = timeout_s  # for the whole batch (see ``batch_client``)
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # pipelines sent (for the benchmarks and the tests)
@@ -127,7 +130,8 @@ class AutoPipeline:
         async with self.client.pipeline(transaction=False) as pipe:
             for call in batch:
                 pipe.execute_command(*call.args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.timeout_s):  # cancelled: redis-py drops the socket
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
     async def aclose(self) -> None:
@@ -139,6 +143,18 @@ class AutoPipeline:
                 await task
         queued, self._queue = self._queue, []
         _fail(queued, RedisConnectionError("the Redis store is closed"))
+
+
+def batch_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A client for ``AutoPipeline(client, timeout_s=timeout_s)``: no per-reply read timeout.
+
+    redis-py arms a timeout (an ``asyncio.timeout`` context) for every reply it reads when
+    ``socket_timeout`` is set, a few microseconds each; a batch reads dozens. Here the batch has
+    one deadline for all its replies, so the client's own is off (the connect timeout stays).
+    """
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=None, **options
+    )
 
 
 def _resolve(call: _Call, reply: Any) -> None:

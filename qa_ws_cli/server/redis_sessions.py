@@ -160,14 +160,25 @@ class RedisSessionStore(SessionStore):
             return Answered(as_text(value))
         if kind == "running":
             return RunningElsewhere(as_text(value))
+        return Claimed(self._history(value))
+
+    @staticmethod
+    def _history(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
+        """The turns, each ``[question, answer]`` in JSON: parsed as one array (one call into
+        the C decoder, not one per turn), or one by one if a turn is malformed."""
+        try:
+            turns = json.loads(b"[" + b",".join(raw) + b"]")
+            return tuple((str(q), str(a)) for q, a in turns)
+        except (ValueError, TypeError):
+            pass
         history: list[tuple[str, str]] = []
-        for raw in value:
+        for item in raw:
             try:
-                question, answer = json.loads(raw)
+                question, answer = json.loads(item)
             except (ValueError, TypeError):
                 continue  # a malformed turn is left out, never a failed chat
             history.append((str(question), str(answer)))
-        return Claimed(tuple(history))
+        return tuple(history)
 
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from qa_ws_cli.config import RateLimitSettings, SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.limits import Limiter, RateLimiter
+from qa_ws_cli.server.redis_batch import AutoPipeline, batch_client
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
 from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
@@ -102,6 +103,9 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         super().__init__(aioredis.Redis.from_url(url, **fast))
         self._redis = self.client
         self.key_prefix = key_prefix
+        # the chat path's commands (limits, claims, appends), many chats a round trip
+        self._batch_client = batch_client(url, timeout_s, retry=Retry(NoBackoff(), 1))
+        self.batch = AutoPipeline(self._batch_client, timeout_s=timeout_s)
         self._reserve = self._redis.register_script(_RESERVE)
         # Its own client and connection: the subscription holds one for good.
         self._sub = aioredis.Redis.from_url(url, **fast)
@@ -380,7 +384,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
                 await self._listener
             self._listener = None
         await self.batch.aclose()
-        for client in (self._sub, self._redis):
+        for client in (self._sub, self._batch_client, self._redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
 
