@@ -75,7 +75,9 @@ def read_stacks(raw: Path) -> Counter[str]:
 
 def profile(server: Server, seconds: float, out: Path) -> tuple[Counter[str], float, float]:
     """Samples by stage, chats/s and server CPU µs per chat during one profiled window."""
-    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid)] + ([] if os.environ.get("SPY_BLOCKING") else ["--nonblocking"])
+    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid)]
+    if not os.environ.get("SPY_BLOCKING"):  # SPY_BLOCKING=1: py-spy pauses it, exact stacks
+        spy.append("--nonblocking")
     spy += ["--rate", "250", "--format", "raw", "--output", str(out)]
     spy += ["--duration", str(int(seconds) + 2)]
     with subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sampler:
