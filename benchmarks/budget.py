@@ -1,6 +1,9 @@
 """CPU budget of one chat in ``qa-ws serve``, by stage, two ways.
 
-    python -m benchmarks.budget [--seconds 6] [--rounds 3]
+    python -m benchmarks.budget [--seconds 6] [--rounds 3] [--redis]
+
+``--redis``: the same against ``qa-ws serve`` with the Redis store, on a redis-server started
+for it (redis-server's own CPU is reported beside the server's: it shares the machine).
 
 1. Profiler: py-spy samples the server (``--nonblocking``, so it never pauses it) while the
    load generator keeps 150 connections chatting. Each sample is given to the stage of its
@@ -16,6 +19,7 @@ Flame graphs are not written anywhere in the repo: the raw stacks go to a tempor
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -37,7 +41,11 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("decode", re.compile(r"^decode_client |\(qa_ws_cli/protocol/events\.py")),
     ("encode (build and serialize events)", re.compile(r"^encode |^BaseModel\.__init__ ")),
     ("write", re.compile(r"Transport\.write |\(aiohttp/_websocket/writer|^WebSocketWriter\.")),
-    ("session", re.compile(r"\((qa_ws_cli/server/(sessions|store|redis_store)\.py|redis/)")),
+    (
+        "redis client (redis-py, auto-pipelining)",
+        re.compile(r"\((redis/|hiredis|qa_ws_cli/server/redis_batch\.py)"),
+    ),
+    ("session", re.compile(r"\(qa_ws_cli/server/(sessions|store|redis_store|redis_sessions)\.py")),
     ("agent call", re.compile(r"\(qa_ws_cli/agents/")),
     ("auth", re.compile(r"\((qa_ws_cli/auth/|jwt/)")),
     ("socket read, frame parse (aiohttp)", re.compile(r"_read_ready|\(aiohttp/")),
@@ -67,7 +75,9 @@ def read_stacks(raw: Path) -> Counter[str]:
 
 def profile(server: Server, seconds: float, out: Path) -> tuple[Counter[str], float, float]:
     """Samples by stage, chats/s and server CPU µs per chat during one profiled window."""
-    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid), "--nonblocking"]
+    spy = [str(procs.BIN / "py-spy"), "record", "--pid", str(server.pid)]
+    if not os.environ.get("SPY_BLOCKING"):  # SPY_BLOCKING=1: py-spy pauses it, exact stacks
+        spy.append("--nonblocking")
     spy += ["--rate", "250", "--format", "raw", "--output", str(out)]
     spy += ["--duration", str(int(seconds) + 2)]
     with subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sampler:
@@ -79,14 +89,17 @@ def profile(server: Server, seconds: float, out: Path) -> tuple[Counter[str], fl
     return read_stacks(out), result["chats_per_s"], result["server_cpu_us_per_unit"]
 
 
-def toggles(logs: Path, rounds: int, seconds: float) -> dict[str, float]:
+def toggles(logs: Path, rounds: int, seconds: float, store_url: str | None) -> dict[str, float]:
     """Median server CPU µs per chat: full, limiter off, log at WARNING."""
     variants: dict[str, dict[str, str]] = {
         "full": {},
         "no-limiter": {"WEBSOCKET_SECURITY__RATE_LIMITING__ENABLED": "false"},
         "log-warning": {"WEBSOCKET_LOGGING__LEVEL": "WARNING"},
     }
-    servers = [procs.qa_ws(n, "echo", logs, extra_env=extra) for n, extra in variants.items()]
+    servers = [
+        procs.qa_ws(n, "echo", logs, store_url=store_url, extra_env=extra)
+        for n, extra in variants.items()
+    ]
     try:
         for server in servers:
             procs.wait_ready(server)
@@ -98,10 +111,13 @@ def toggles(logs: Path, rounds: int, seconds: float) -> dict[str, float]:
     return {n: statistics.median(r["server_cpu_us_per_unit"] for r in runs[n]) for n in runs}
 
 
-def render(samples: Counter[str], rate: float, cpu_us: float, toggled: dict[str, float]) -> str:
+def render(
+    samples: Counter[str], rate: float, cpu_us: float, toggled: dict[str, float], store: str = ""
+) -> str:
     total = sum(samples.values()) or 1
     lines = [
-        f"## CPU per chat in qa-ws serve: {cpu_us:.0f} µs ({rate:,.0f} chats/s while profiled)",
+        f"## CPU per chat in qa-ws serve{store}: {cpu_us:.0f} µs ({rate:,.0f} chats/s while "
+        "profiled)",
         "| stage | share of samples | µs per chat |",
         "|---|---|---|",
     ]
@@ -124,20 +140,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="profiled window")
     parser.add_argument("--rounds", type=int, default=3, help="toggle rounds")
+    parser.add_argument("--redis", action="store_true", help="the Redis store (a redis-server)")
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 10:
         parser.error("--seconds must be in (0, 60] and --rounds in (0, 10]")
     logs = Path(tempfile.mkdtemp(prefix="qa-ws-budget-"))
-    server = procs.qa_ws("qa-ws", "echo", logs)
+    redis, store_url = procs.redis_server(logs) if args.redis else (None, None)
     try:
-        procs.wait_ready(server)
-        procs.collect_token(server)
-        loadgen(server, "chat", "--connections", "150", "--seconds", "1")  # warm-up
-        samples, rate, cpu_us = profile(server, args.seconds, logs / "stacks.txt")
+        server = procs.qa_ws("qa-ws", "echo", logs, store_url=store_url)
+        try:
+            procs.wait_ready(server)
+            procs.collect_token(server)
+            loadgen(server, "chat", "--connections", "150", "--seconds", "1")  # warm-up
+            redis_cpu = redis.cpu_seconds() if redis else 0.0
+            samples, rate, cpu_us = profile(server, args.seconds, logs / "stacks.txt")
+            redis_cpu = redis.cpu_seconds() - redis_cpu if redis else 0.0
+        finally:
+            server.stop()
+        toggled = toggles(logs, args.rounds, args.seconds / 2, store_url)
     finally:
-        server.stop()
-    toggled = toggles(logs, args.rounds, args.seconds / 2)
-    print(render(samples, rate, cpu_us, toggled))
+        if redis:
+            redis.stop()
+    print(render(samples, rate, cpu_us, toggled, " with the Redis store" if redis else ""))
+    if redis:  # the whole profiled window, warm-up of py-spy included: an upper bound
+        chats = rate * args.seconds
+        print(f"\nredis-server CPU: at most {redis_cpu * 1e6 / max(chats, 1):.0f} µs per chat")
     print(f"\nraw stacks and server logs: {logs}")
 
 

@@ -1,34 +1,107 @@
-"""Per-user rate limits on chat messages, with the ``limits`` library's async API.
+"""Per-user rate limits on chat messages, shared by every instance through Redis.
 
-Two windows are checked per message: ``burst`` per second and ``max_requests_per_minute`` per
-minute, both per token ``sub`` across all of that user's connections. With the Redis store the
-counters live in ``limits``' Redis storage (one budget whichever instance a message lands on);
-in one process ``MemoryRateLimiter`` (``memory_limits.py``) counts the same way, cheaper.
-When the Redis storage fails (Redis down), the limiter fails open: messages are allowed, the storage
-is not asked again for ``STORAGE_RETRY_S`` (a hung Redis must not add its timeout to every
-chat), and a warning is logged at most every ``STORAGE_WARNING_INTERVAL_S``.
+Two windows are checked per message, both per token ``sub`` across all of that user's
+connections: ``burst`` per second (a fixed one-second window) and ``max_requests_per_minute``
+(a sliding window counter: the previous minute's count weighted by how much of it still
+overlaps the last 60 s, plus this minute's), the rules ``MemoryRateLimiter``
+(``memory_limits.py``) applies in one process, counted the same way and rounded the same way.
+Rejections are counted per user per minute for the abuse threshold.
+
+In Redis, one hash per user (``qa-ws:limits:{<sub>}``) holds both windows and the abuse count;
+one Lua script checks and counts a message in one round trip, with Redis's own clock (``TIME``),
+so instances whose clocks differ still share one budget, and ``retry_after`` is measured from
+the moment Redis counted. The scripts go through the store's ``AutoPipeline``, batched with
+the other chats' commands. This replaced ``limits``' Redis storage, which made two round trips
+a message (one per window) outside the batches: docs/performance.md has the figures.
+
+When Redis fails, the limiter fails open: messages are allowed, Redis is not asked again for
+``STORAGE_RETRY_S`` (a hung Redis must not add its timeout to every chat), and a warning is
+logged at most every ``STORAGE_WARNING_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.aio.storage import Storage
-from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from qa_ws_cli.config import RateLimitSettings
+from qa_ws_cli.server.memory_limits import round_retry
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from qa_ws_cli.server.redis_batch import AutoPipeline
 
 STORAGE_WARNING_INTERVAL_S = 10.0
 STORAGE_RETRY_S = 1.0
+KEY_TTL_S = 120  # the minute window needs the previous minute's count, no older
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+# ARGV: burst, per minute, key TTL, the time ('' for Redis's own clock). Returns false when
+# allowed, else the wait in seconds, as a string of every digit (Redis would truncate a Lua
+# number to an integer; fewer digits could round a wait down before it is rounded up).
+_NOW = """
+local function clock(given)
+  if given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+_HIT = (
+    _NOW
+    + """
+local now = clock(ARGV[4])
+local sec = math.floor(now)
+local burst, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 's', 'sc', 'm', 'mc', 'mp')
+local count = 0
+if tonumber(v[1]) == sec then count = tonumber(v[2]) end
+if count >= burst then return string.format('%.17g', sec + 1 - now) end
+local minute = math.floor(sec / 60)
+local at, current, previous = tonumber(v[3]), 0, 0
+if at == minute then
+  current, previous = tonumber(v[4]), tonumber(v[5])
+elseif at == minute - 1 then
+  previous = tonumber(v[4])
+end
+local elapsed = now - minute * 60
+local over = previous * (60 - elapsed) / 60 + current + 1 > limit
+local counted = current
+if not over then counted = current + 1 end
+redis.call('HSET', KEYS[1], 's', sec, 'sc', count + 1, 'm', minute, 'mc', counted, 'mp', previous)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if not over then return false end
+if current + 1 <= limit and previous > 0 then
+  return string.format('%.17g', math.max(0, 60 - 60 * (limit - current - 1) / previous - elapsed))
+end
+local fade = 0
+if current > 0 then fade = math.max(0, 60 - 60 * (limit - 1) / current) end
+return string.format('%.17g', 60 - elapsed + fade)
+"""
+)
+
+# ARGV: key TTL, the time. Returns the rejections counted in this minute, this one included.
+_ABUSE = (
+    _NOW
+    + """
+local minute = math.floor(clock(ARGV[2]) / 60)
+local v = redis.call('HMGET', KEYS[1], 'a', 'ac')
+local count = 1
+if tonumber(v[1]) == minute then count = tonumber(v[2]) + 1 end
+redis.call('HSET', KEYS[1], 'a', minute, 'ac', count)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count
+"""
+)
 
 
 class Limiter(Protocol):
-    """What the frame handler asks: ``RateLimiter`` (``limits``, shared through Redis) or
+    """What the frame handler asks: ``RateLimiter`` (shared through Redis) or
     ``MemoryRateLimiter`` (one process, the same rules in plain dicts)."""
 
     async def hit(self, user: str) -> float | None: ...
@@ -37,47 +110,63 @@ class Limiter(Protocol):
 
 
 class RateLimiter:
-    def __init__(self, settings: RateLimitSettings, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        client: aioredis.Redis,
+        batch: AutoPipeline,
+        key_prefix: str = "qa-ws:limits",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.settings = settings
-        self.per_minute = RateLimitItemPerMinute(settings.max_requests_per_minute)
-        self.per_second = RateLimitItemPerSecond(settings.burst)
-        self.windows = (  # the burst window first: it is the cheap one and the first to trip
-            (FixedWindowRateLimiter(storage), self.per_second),  # one second needs no sliding
-            (SlidingWindowCounterRateLimiter(storage), self.per_minute),
-        )
+        self.key_prefix = key_prefix
         self.abuse_threshold = int(settings.abuse_factor * settings.max_requests_per_minute)
-        self.abuse = RateLimitItemPerMinute(max(1, self.abuse_threshold))
-        self._abuse_window = FixedWindowRateLimiter(storage)
+        self._args = (settings.burst, settings.max_requests_per_minute, KEY_TTL_S)
+        self.clock = clock  # None: Redis's clock, one for every instance (another: tests)
+        self._batch = batch
+        self._hit = client.register_script(_HIT)
+        self._abuse = client.register_script(_ABUSE)
         self._warned_at = -STORAGE_WARNING_INTERVAL_S
         self._open_until = 0.0
+
+    def key(self, user: str) -> str:
+        """The user's hash; the braces make it its own hash tag (one slot in a Cluster)."""
+        return f"{self.key_prefix}:{{{user}}}"
 
     async def hit(self, user: str) -> float | None:
         """Count one message; None when allowed, else the seconds after which to retry."""
         if self._open_until and time.monotonic() < self._open_until:
-            return None  # failing open: the storage failed a moment ago
+            return None  # failing open: Redis failed a moment ago
         try:
-            for strategy, item in self.windows:
-                if not await strategy.hit(item, user):
-                    stats = await strategy.get_window_stats(item, user)
-                    # rounded up: a client that waits exactly this long must not be early
-                    return max(0.1, math.ceil((stats.reset_time - time.time()) * 10) / 10)
-        except StorageError as exc:  # fail open: a storage outage must not stop every chat
-            now = time.monotonic()
-            self._open_until = now + STORAGE_RETRY_S
-            if now - self._warned_at >= STORAGE_WARNING_INTERVAL_S:
-                self._warned_at = now
-                logging.getLogger("qa_ws.server").warning(
-                    "rate-limit storage unavailable, allowing messages: %s", exc.storage_error
-                )
-        return None
+            args = (*self._args, self._now())
+            wait = await self._batch.script(self._hit, [self.key(user)], args)
+        except _FAILURES as exc:  # fail open: a Redis outage must not stop every chat
+            self._failed(exc)
+            return None
+        # rounded up: a client that waits exactly this long must not be early
+        return None if wait is None else round_retry(float(wait))
+
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(self.clock())
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._open_until = now + STORAGE_RETRY_S
+        if now - self._warned_at >= STORAGE_WARNING_INTERVAL_S:
+            self._warned_at = now
+            logging.getLogger("qa_ws.server").warning(
+                "rate-limit storage unavailable, allowing messages: %s", type(exc).__name__
+            )
 
     async def abusive(self, user: str) -> bool:
         """Count one rejection of ``user``'s; True once a minute holds more than the abuse
-        threshold. Per user, in the same storage as the limits: a new connection (or another
+        threshold. Per user, in Redis with the limits: a new connection (or another
         instance) does not start the count afresh."""
         if self._open_until and time.monotonic() < self._open_until:
             return False
         try:
-            return not await self._abuse_window.hit(self.abuse, "abuse", user)
-        except StorageError:
-            return False  # the storage is away: hit() fails open and says so
+            args = (KEY_TTL_S, self._now())
+            count = await self._batch.script(self._abuse, [self.key(user)], args)
+        except _FAILURES:
+            return False  # Redis is away: hit() fails open and says so
+        return int(count) > self.abuse_threshold

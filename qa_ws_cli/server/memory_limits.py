@@ -1,9 +1,9 @@
-"""The rate limiter of one process: the same windows as ``RateLimiter``, in plain dicts.
+"""The rate limiter of one process: the same windows as ``RateLimiter`` (Redis), in plain dicts.
 
-``limits`` is the library for counters shared through Redis; for the embedded default its
-generic storage costs tens of microseconds a message (locks, key strings, expiry bookkeeping)
-on the hot path of every chat. This class keeps the same rules, counted the way ``limits``
-counts them, with a few integer operations per message:
+The ``limits`` library's generic storage cost tens of microseconds a message (locks, key
+strings, expiry bookkeeping) on the hot path of every chat. This class keeps the rules of its
+strategies, counted the way ``limits`` counts them, with a few integer operations per message
+(``limits.py`` counts the same in one Lua script for the Redis store):
 
 - the burst: a fixed one-second window of ``burst`` messages;
 - the minute: a sliding window counter (``limits``' ``SlidingWindowCounterRateLimiter``: the
@@ -25,7 +25,7 @@ from qa_ws_cli.config import RateLimitSettings
 MINUTE = 60.0
 
 
-def _retry(seconds: float) -> float:
+def round_retry(seconds: float) -> float:
     """Rounded up to a tenth: a client that waits exactly this long must not be early."""
     return max(0.1, math.ceil(seconds * 10) / 10)
 
@@ -51,7 +51,7 @@ class MemoryRateLimiter:
         if at != second:
             count = 0
         if count >= self.burst:
-            return _retry(second + 1 - now)
+            return round_retry(second + 1 - now)
         self._seconds[user] = (second, count + 1)
         minute = int(now // MINUTE)
         at, current, previous = self._minutes.get(user, (minute, 0, 0))
@@ -60,7 +60,7 @@ class MemoryRateLimiter:
         elapsed = now - minute * MINUTE
         if previous * (MINUTE - elapsed) / MINUTE + current + 1 > self.per_minute:
             self._minutes[user] = (minute, current, previous)
-            return _retry(self._wait(elapsed, current, previous))
+            return round_retry(self._wait(elapsed, current, previous))
         self._minutes[user] = (minute, current + 1, previous)
         return None
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from qa_ws_cli.server.redis_batch import AutoPipeline
 from qa_ws_cli.server.session_core import (
     Answered,
     Claimed,
@@ -92,6 +93,7 @@ class RedisSessionStore(SessionStore):
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self.batch = AutoPipeline(client)  # the chat path's commands, many chats a round trip
         self._claim = client.register_script(_CLAIM)
         self._append = client.register_script(_APPEND)
 
@@ -148,22 +150,35 @@ class RedisSessionStore(SessionStore):
     async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
         keys = self._keys(session_id, chat_id)
         lease_ms = int(self.sessions.run_lease_s * 1000)
-        kind, value = await self._claim(
-            keys=[keys[2], keys[5], keys[6], keys[4]], args=[chat_id, instance, lease_ms, self._ttl]
+        kind, value = await self.batch.script(
+            self._claim,
+            [keys[2], keys[5], keys[6], keys[4]],
+            [chat_id, instance, lease_ms, self._ttl],
         )
         kind = as_text(kind)
         if kind == "answered":
             return Answered(as_text(value))
         if kind == "running":
             return RunningElsewhere(as_text(value))
+        return Claimed(self._history(value))
+
+    @staticmethod
+    def _history(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
+        """The turns, each ``[question, answer]`` in JSON: parsed as one array (one call into
+        the C decoder, not one per turn), or one by one if a turn is malformed."""
+        try:
+            turns = json.loads(b"[" + b",".join(raw) + b"]")
+            return tuple((str(q), str(a)) for q, a in turns)
+        except (ValueError, TypeError):
+            pass
         history: list[tuple[str, str]] = []
-        for raw in value:
+        for item in raw:
             try:
-                question, answer = json.loads(raw)
+                question, answer = json.loads(item)
             except (ValueError, TypeError):
                 continue  # a malformed turn is left out, never a failed chat
             history.append((str(question), str(answer)))
-        return Claimed(tuple(history))
+        return tuple(history)
 
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0
@@ -185,7 +200,7 @@ class RedisSessionStore(SessionStore):
             s.history_turns,
             s.max_answered_ids,
         ]
-        kept = await self._append(keys=self._keys(session_id, chat_id), args=args)
+        kept = await self.batch.script(self._append, self._keys(session_id, chat_id), args)
         if not kept:
             return None
         return int(kept[0]), as_text(kept[1])

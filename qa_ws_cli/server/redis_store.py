@@ -2,7 +2,7 @@
 
 - Sessions are written through as they change (``redis_sessions.py``): any instance resumes any
   session, with no sticky routing and no drain needed.
-- Rate-limit counters live in Redis through ``limits``' own async Redis storage.
+- Rate-limit counters live in Redis, a hash per user counted by one Lua script (``limits.py``).
 - Per-user connection slots are a sorted set per user, each slot a lease its instance renews,
   so the cap counts every instance and a crashed instance's slots come back by themselves.
 - Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from limits.aio.storage import RedisStorage
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -38,6 +37,7 @@ from redis.exceptions import RedisError
 from qa_ws_cli.config import RateLimitSettings, SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.limits import Limiter, RateLimiter
+from qa_ws_cli.server.redis_batch import AutoPipeline, batch_client
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
 from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
@@ -102,15 +102,10 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         }
         super().__init__(aioredis.Redis.from_url(url, **fast))
         self._redis = self.client
-        limits_uri = "async+redis+unix" + url[4:] if url.startswith("unix") else "async+" + url
-        shared: dict[str, Any] = {"connection_pool": self._redis.connection_pool}
-        self._limits = RedisStorage(
-            limits_uri,
-            implementation="redispy",
-            wrap_exceptions=True,  # errors arrive as limits.errors.StorageError
-            key_prefix=key_prefix,
-            **shared,  # one connection pool for both clients, closed with ``_redis``
-        )
+        self.key_prefix = key_prefix
+        # the chat path's commands (limits, claims, appends), many chats a round trip
+        self._batch_client = batch_client(url, timeout_s, retry=Retry(NoBackoff(), 1))
+        self.batch = AutoPipeline(self._batch_client, timeout_s=timeout_s)
         self._reserve = self._redis.register_script(_RESERVE)
         # Its own client and connection: the subscription holds one for good.
         self._sub = aioredis.Redis.from_url(url, **fast)
@@ -136,7 +131,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         return not self._down
 
     def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
-        return RateLimiter(settings, self._limits)
+        return RateLimiter(settings, self._redis, self.batch, self.key_prefix)
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
@@ -388,7 +383,8 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        for client in (self._sub, self._redis):
+        await self.batch.aclose()
+        for client in (self._sub, self._batch_client, self._redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
 

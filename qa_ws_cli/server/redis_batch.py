@@ -1,0 +1,176 @@
+"""Auto-pipelining: the Redis commands of many chats go out as one pipeline per round trip.
+
+With the Redis store every chat makes a few round trips (the rate limit, the claim, the
+append). Awaited one by one, each costs the gateway a write, a read, a reply parse and a task
+wake-up of its own; with 150 connections chatting, dozens of chats issue one in the same
+event-loop iteration. ``AutoPipeline`` queues them and sends what has queued as one
+non-transactional pipeline (``client.pipeline(transaction=False)``), one batch in flight at a
+time: while a batch is on the wire the next one gathers (as Nagle's algorithm does), so under
+load a round trip carries many commands, and with one chat it carries that chat's command at
+once. Each caller's future gets its own reply, or its own error:
+
+- An error reply (a script's ``error_reply``, a wrong type) fails that command only.
+- ``NOSCRIPT`` (Redis restarted or flushed its scripts): the script is loaded and the
+  commands that got it are sent again; they did not run, so this cannot run one twice.
+- A connection error or timeout fails the whole batch, and the commands queued behind it
+  (they would have met the same outage, and a hung Redis must cost one timeout, not one per
+  batch); each caller then falls back as it would for a single command.
+
+Batches go out in the order their commands were issued, and one at a time, so two commands
+issued in order (the appends of one session) reach Redis in that order. Each command is one
+script or one command: atomic on its own, never a transaction with its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+Arg = str | int | float | bytes
+
+# errors of the connection rather than of one command: they fail the batch and its followers
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class _Call:
+    args: tuple[Arg, ...]
+    future: asyncio.Future[Any]
+    script: AsyncScript | None = None
+
+
+class AutoPipeline:
+    """Queues commands issued close together and sends them as one pipeline."""
+
+    def __init__(
+        self, client: aioredis.Redis, max_batch: int = 512, timeout_s: float | None = None
+    ) -> None:
+        self.client = client
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s  # for the whole batch (see ``batch_client``)
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # pipelines sent (for the benchmarks and the tests)
+        self.commands = 0  # commands they carried
+
+    def script(
+        self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Any]:
+        """Run a registered script (``client.register_script``) in the next batch."""
+        return self._add(
+            _Call(("EVALSHA", script.sha, len(keys), *keys, *args), self._future(), script)
+        )
+
+    def execute(self, *args: Arg) -> asyncio.Future[Any]:
+        """Run one command (``"INCR", key``) in the next batch; its reply as redis-py parses it."""
+        return self._add(_Call(tuple(args), self._future()))
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _add(self, call: _Call) -> asyncio.Future[Any]:
+        self._queue.append(call)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return call.future
+
+    async def _drain(self) -> None:
+        """Send what has queued, batch after batch, until the queue stays empty."""
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    await self._send(batch)
+                except _OUTAGE as exc:
+                    followers, self._queue = self._queue, []
+                    _fail([*batch, *followers], exc)
+                except BaseException as exc:  # cancelled (closing) or a bug: nobody may hang
+                    followers, self._queue = self._queue, []
+                    _fail([*batch, *followers], exc)
+                    raise
+        finally:
+            self._task = None
+
+    async def _send(self, batch: list[_Call]) -> None:
+        replies = await self._pipeline(batch)
+        missing: list[_Call] = []
+        for call, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError) and call.script is not None:
+                missing.append(call)
+            else:
+                _resolve(call, reply)
+        if missing:  # load each script once, then send those again: they did not run
+            for script in {id(c.script): c.script for c in missing}.values():
+                assert script is not None
+                script.sha = await self.client.script_load(script.script)
+            again = [
+                _Call(("EVALSHA", c.script.sha, *c.args[2:]), c.future, c.script)
+                for c in missing
+                if c.script
+            ]
+            for call, reply in zip(again, await self._pipeline(again), strict=True):
+                _resolve(call, reply)
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        self.batches += 1
+        self.commands += len(batch)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call in batch:
+                pipe.execute_command(*call.args)
+            async with asyncio.timeout(self.timeout_s):  # cancelled: redis-py drops the socket
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def aclose(self) -> None:
+        """Stop sending; whatever is still queued fails with ``ConnectionError``."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        queued, self._queue = self._queue, []
+        _fail(queued, RedisConnectionError("the Redis store is closed"))
+
+
+def batch_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A client for ``AutoPipeline(client, timeout_s=timeout_s)``: no per-reply read timeout.
+
+    redis-py arms a timeout (an ``asyncio.timeout`` context) for every reply it reads when
+    ``socket_timeout`` is set, a few microseconds each; a batch reads dozens. Here the batch has
+    one deadline for all its replies, so the client's own is off (the connect timeout stays).
+    """
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=None, **options
+    )
+
+
+def _resolve(call: _Call, reply: Any) -> None:
+    if call.future.done():  # its caller gave up (cancelled): the reply has nowhere to go
+        return
+    if isinstance(reply, Exception):
+        call.future.set_exception(reply)
+    else:
+        call.future.set_result(reply)
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for call in calls:
+        if call.future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            call.future.cancel()
+        else:
+            call.future.set_exception(exc)
