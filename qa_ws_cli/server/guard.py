@@ -3,8 +3,8 @@
 aiohttp makes one ``RequestHandler`` (an asyncio protocol) per TCP connection. ``serve`` listens
 with ``loop.create_server`` and a factory making ``GuardedHandler``, a subclass that overrides
 only public methods (``connection_made``, ``connection_lost``, ``handle_error``,
-``log_exception``), so a connection is counted and timed from ``accept()`` on, before aiohttp
-has parsed a single byte:
+``log_exception``, ``set_parser``), so a connection is counted and timed from ``accept()`` on,
+before aiohttp has parsed a single byte:
 
 - the client address is the TCP peer; behind a trusted proxy it is the one the
   ``X-Forwarded-For`` handling resolves, attributed when the first request head is parsed
@@ -14,7 +14,9 @@ has parsed a single byte:
 - past ``server.max_connections_per_ip`` open connections, a new one is closed at once;
 - a request aiohttp cannot parse gets a generic JSON 400 (nothing of it echoed) and one
   rate-limited log line, not a traceback;
-- ``accept()`` failing for lack of file descriptors is logged at most once a second, with a count.
+- ``accept()`` failing for lack of file descriptors is logged at most once a second, with a count;
+- after the upgrade, an unmasked client frame gets a close frame with 1002 and the connection
+  is closed (``masking.py``: aiohttp's reader does not check the MASK bit).
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import logging
 import resource
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import hdrs, web
+from aiohttp.http import WebSocketReader
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qa_ws_cli.config import ServerSettings
 from qa_ws_cli.server.logs import RateLimitedLog, log_event
+from qa_ws_cli.server.masking import UNMASKED_CLOSE, MaskedFramesOnly
 
 SERVER_HEADER = "qa-ws"
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -50,6 +54,7 @@ class ConnectionGuard:
         self.timed_out = RateLimitedLog(log, "handshake_timeout", logging.INFO)
         self.bad_requests = RateLimitedLog(log, "bad_request", logging.INFO)
         self.accept_errors = RateLimitedLog(log, "accept_failed", logging.WARNING)
+        self.unmasked = RateLimitedLog(log, "unmasked_frame", logging.INFO)
 
     def open_from(self, address: str) -> int:
         return self._open.get(address, 0)
@@ -102,6 +107,7 @@ class GuardedHandler(web.RequestHandler):
         self.guard = guard
         self.address: str | None = None
         self.started = False
+        self.unmasked_frame = False  # closed with 1002 for an unmasked client frame
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,6 +145,25 @@ class GuardedHandler(web.RequestHandler):
             self.address = remote
         return True
 
+    def set_parser(
+        self, parser: WebSocketReader, data_received_cb: Callable[[], None] | None = None
+    ) -> None:
+        """The upgrade (``WebSocketResponse.prepare``): aiohttp's frame reader gets the client's
+        bytes through the mask check, those that came with the upgrade request included (aiohttp
+        feeds them here, inside ``set_parser``)."""
+        checked = MaskedFramesOnly(parser, self._refuse_unmasked)
+        # the handler's payload parser is duck-typed (feed_data, feed_eof) and stored as Any
+        super().set_parser(cast(WebSocketReader, checked), data_received_cb)
+
+    def _refuse_unmasked(self) -> None:
+        """RFC 6455 5.1: close with 1002, written here since aiohttp never sees the frame."""
+        self.unmasked_frame = True
+        transport = self.transport
+        self.guard.unmasked.hit(remote=self.address or _peer(transport))
+        if transport is not None and not transport.is_closing():
+            transport.write(UNMASKED_CLOSE)
+        self.force_close()  # closes the transport once the close frame is written
+
     def _handshake_expired(self) -> None:
         self._deadline = None
         if not self.started:
@@ -172,11 +197,14 @@ class GuardedHandler(web.RequestHandler):
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
         if isinstance(exc, HttpProcessingError):  # the client's fault: one short line
-            peer = self.transport.get_extra_info("peername") if self.transport else None
-            remote = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-            self.guard.bad_requests.hit(remote=remote, error=type(exc).__name__)
+            self.guard.bad_requests.hit(remote=_peer(self.transport), error=type(exc).__name__)
             return
         super().log_exception(*args, **kw)
+
+
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
 
 def raise_open_files_limit() -> None:

@@ -17,6 +17,7 @@ from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
+from qa_ws_cli.server.guard import GuardedHandler
 from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.middlewares import refusal
@@ -175,6 +176,9 @@ def _closed(
         local.core.detach(conn.id)  # its answers in flight carry on into the session
         gw.driver.release(local)
     code = conn.closed_with or ws.close_code  # aiohttp reports 1000 for its own closes
+    guard = request.protocol
+    if isinstance(guard, GuardedHandler) and guard.unmasked_frame:
+        code = CloseCode.PROTOCOL_ERROR  # sent by the guard, under aiohttp's frame reader
     gw.metrics.closes.labels(_close_label(code)).inc()
     log_event(
         gw.log,

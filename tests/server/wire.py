@@ -203,19 +203,25 @@ class RawPeer:
         self.writer.write(self.encode_frame(opcode, payload, fin=fin))
 
     @staticmethod
-    def encode_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-        """A masked client frame, with any opcode and any payload (valid or not)."""
-        mask = os.urandom(4)
+    def encode_frame(
+        opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True
+    ) -> bytes:
+        """A client frame, with any opcode and any payload (valid or not); ``masked=False``
+        leaves the MASK bit clear and sends the payload as is, as no client may."""
         length = len(payload)
         head = bytes([(0x80 if fin else 0) | opcode])
+        bit = 0x80 if masked else 0
         if length < 126:
-            head += bytes([0x80 | length])
+            head += bytes([bit | length])
         elif length < 1 << 16:
-            head += bytes([0x80 | 126]) + struct.pack("!H", length)
+            head += bytes([bit | 126]) + struct.pack("!H", length)
         else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        return head + mask + masked
+            head += bytes([bit | 127]) + struct.pack("!Q", length)
+        if not masked:
+            return head + payload
+        mask = os.urandom(4)
+        masked_payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return head + mask + masked_payload
 
     def send_text(self, text: str | bytes) -> None:
         self.send_frame(WS_TEXT, text.encode() if isinstance(text, str) else text)
