@@ -138,6 +138,9 @@ def start_all(logs: Path) -> tuple[dict[str, Server], list[Server]]:
     servers += [
         procs.reference("socketio", "socketio", "asyncio", logs),
         procs.qa_ws("qa-ws", "echo", logs),
+        procs.qa_ws(
+            "qa-ws-asyncio", "echo", logs, extra_env={"WEBSOCKET_SERVER__EVENT_LOOP": "asyncio"}
+        ),
         procs.qa_ws("qa-ws-redis", "echo", logs, store_url=redis_url),
         procs.qa_ws("qa-ws-stream", "python:benchmarks.agents:stream_agent", logs),
     ]
@@ -156,7 +159,7 @@ def measure(by_name: dict[str, Server], plan: Plan) -> dict[str, Any]:
     shake = ("--connections", str(plan.handshake_workers), "--seconds", str(plan.handshake_s))
     out["handshake"] = alternate(pick("bare", "qa-ws"), plan.handshake_rounds, "handshake", *shake)
     print("chats ...", flush=True)
-    chatters = pick("bare", "bare-uvloop", "socketio", "qa-ws", "qa-ws-redis")
+    chatters = pick("bare", "bare-uvloop", "socketio", "qa-ws", "qa-ws-asyncio", "qa-ws-redis")
     width = ("--connections", str(plan.chat_connections))
     if plan.warmup_s:
         alternate(chatters, 1, "chat", *width, "--seconds", str(plan.warmup_s), label="warm-up")

@@ -12,6 +12,7 @@ LABELS = {
     "bare-uvloop": "bare aiohttp on uvloop",
     "socketio": "python-socketio (the Python team's usual pick)",
     "qa-ws": "qa-ws serve, full features, echo agent",
+    "qa-ws-asyncio": "qa-ws serve, the same on asyncio's loop (server.event_loop: asyncio)",
     "qa-ws-redis": "qa-ws serve, full features, Redis store",
     "qa-ws-stream": "qa-ws serve, streaming agent",
 }
