@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions
+from tests.bench.load_process import run_load_process
 from tests.conftest import ServerProcess
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -127,23 +128,7 @@ def test_locust_stops_users_whose_close_gets_no_answer(deaf_server: str, tmp_pat
         load=LoadOptions(answer_timeout_s=60.0, think_time_s=0.1),
         mint_tokens=False,
     )
-    (tmp_path / "spec.json").write_text(spec.to_json())
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qa_ws_cli.bench.runner",
-            "run",
-            "--spec",
-            "spec.json",
-            "--result",
-            "result.json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_load_process(tmp_path, spec.to_json())
     assert proc.returncode == 0, proc.stderr
     raw = json.loads((tmp_path / "result.json").read_text())
     assert raw["held_peak"] == 4, raw["details"]  # every user waited for an answer

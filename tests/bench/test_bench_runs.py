@@ -25,6 +25,7 @@ from qa_ws_cli.bench.outcome import ReportPaths
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions
 from qa_ws_cli.cli import bench as bench_cli
 from qa_ws_cli.cli.main import app
+from tests.bench.load_process import run_load_process
 from tests.conftest import SECRET, ServerProcess, make_settings, server_env
 
 runner = CliRunner()
@@ -365,23 +366,7 @@ def test_the_load_process_gives_up_when_no_user_can_connect(tmp_path: Path) -> N
         load=LoadOptions(think_time_s=0.1),
         mint_tokens=False,
     )
-    (tmp_path / "spec.json").write_text(spec.to_json())
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qa_ws_cli.bench.runner",
-            "run",
-            "--spec",
-            "spec.json",
-            "--result",
-            "result.json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_load_process(tmp_path, spec.to_json())
     assert proc.returncode == 0, proc.stderr
     raw = json.loads((tmp_path / "result.json").read_text())
     assert raw["aborted"] == "every user's first connection failed"
@@ -395,26 +380,11 @@ def test_the_load_process_gives_up_when_no_user_can_connect(tmp_path: Path) -> N
 
 
 def test_the_load_process_exits_3_when_it_cannot_mint_tokens(tmp_path: Path) -> None:
-    (tmp_path / "spec.json").write_text(
-        json.dumps({"url": "ws://127.0.0.1:1/ws", "scenario": "chat", "processes": 1})
-    )
     env = {**server_env(tmp_path), "WEBSOCKET_SECRET_KEY": ""}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qa_ws_cli.bench.runner",
-            "run",
-            "--spec",
-            "spec.json",
-            "--result",
-            "r.json",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_load_process(
+        tmp_path,
+        json.dumps({"url": "ws://127.0.0.1:1/ws", "scenario": "chat", "processes": 1}),
+        env,
     )
     assert proc.returncode == 3
     assert "cannot mint tokens" in proc.stderr
