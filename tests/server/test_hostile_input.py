@@ -431,7 +431,7 @@ def test_nesting_deeper_than_the_json_parser_can_follow_is_invalid_json(watched:
 def test_broken_framing_is_closed_by_the_websocket_layer(
     watched: Live, frame: bytes, code: int
 ) -> None:
-    """Below the JSON protocol: RFC 6455's own close codes (docs/protocol.md does not list them)."""
+    """Below the JSON protocol: RFC 6455's own close codes, 1002 and 1007 (docs/protocol.md)."""
 
     async def send() -> list[Frame]:
         peer = await RawPeer.open(watched.running, watched.running.token("raw"))
