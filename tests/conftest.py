@@ -185,6 +185,38 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def launch_server(
+    tmp_path: Path,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    *,
+    preexec_fn: Callable[[], None] | None = None,
+    timeout: float = 20.0,
+) -> ServerProcess:
+    """``python -m qa_ws_cli serve --port 0 ARGS`` as its own process, once it listens."""
+    log = tmp_path / f"server-{time.monotonic_ns()}.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            preexec_fn=preexec_fn,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = _READY.search(log.read_text())
+        if match:
+            return ServerProcess(proc, match.group(1), log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"server did not start:\n{log.read_text()}")
+
+
 @pytest.fixture
 def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
@@ -192,36 +224,16 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     def spawn(
         *args: str, env: dict[str, str] | None = None, timeout: float = 20.0
     ) -> ServerProcess:
-        log = tmp_path / f"server-{len(started)}.log"
-        fh = log.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-            env=env or server_env(tmp_path),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = _READY.search(log.read_text())
-            if match:
-                server = ServerProcess(proc, match.group(1), log)
-                started.append(server)
-                return server
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        proc.kill()
-        raise AssertionError(f"server did not start:\n{log.read_text()}")
+        server = launch_server(tmp_path, args, env or server_env(tmp_path), timeout=timeout)
+        started.append(server)
+        return server
 
     yield spawn
     stop_servers(started)
 
 
-STARTED: list[
-    ServerProcess
-] = []  # servers started outside ``spawn_server`` (tests/server/hostile.py)
+# servers started outside ``spawn_server`` (tests/server/hostile.py)
+STARTED: list[ServerProcess] = []
 
 
 def stop_servers(servers: list[ServerProcess]) -> None:

@@ -23,7 +23,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.main import app
 from tests.conftest import ServerProcess, make_settings, server_env
 from tests.redis_server import RedisServer
-from tests.server.wire import answer_to, chat, close_code, eventually, next_event, until
+from tests.server.wire import answer_to, chat, close_code, cut, eventually, next_event, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,7 +73,7 @@ async def test_kill_9_replays_the_finished_answer_and_interrupts_the_one_in_flig
         await ws.send_json({"type": "chat_message", "id": "done", "content": "quick one"})
         await ws.send_json({"type": "chat_message", "id": "hung", "content": "sleep=60 slow"})
         await until(ws, lambda e: e["type"] == "agent_delta" and e["reply_to"] == "hung")
-        ws._response.connection.transport.abort()  # type: ignore[union-attr]  # a cut, unread
+        cut(ws)  # unread
     await asyncio.sleep(0.6)  # "done" completes into the session while nobody reads it
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(10)

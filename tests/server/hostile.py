@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import _READY, STARTED, ServerProcess, server_env
+from tests.conftest import STARTED, ServerProcess, launch_server, server_env
 
 
 def start_server(
@@ -24,8 +21,8 @@ def start_server(
     nofile: tuple[int, int] | None = None,
     timeout: float = 20.0,
 ) -> ServerProcess:
-    """``qa-ws serve`` as its own process; ``nofile`` sets its (soft, hard) RLIMIT_NOFILE."""
-    log = tmp_path / f"server-{time.monotonic_ns()}.log"
+    """``qa-ws serve`` as its own process; ``nofile`` sets its (soft, hard) RLIMIT_NOFILE.
+    Stopped after the test (``STARTED``, tests/conftest.py)."""
     preexec: Callable[[], None] | None = None
     if nofile is not None:
         limits = nofile
@@ -33,28 +30,10 @@ def start_server(
         def preexec() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qa_ws_cli", "serve", "--port", "0", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-            env={**server_env(tmp_path), **(env or {})},
-            preexec_fn=preexec,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = _READY.search(log.read_text())
-        if match:
-            server = ServerProcess(proc, match.group(1), log)
-            STARTED.append(server)  # stopped after the test (tests/conftest.py)
-            return server
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"server did not start:\n{log.read_text()}")
+    environ = {**server_env(tmp_path), **(env or {})}
+    server = launch_server(tmp_path, args, environ, preexec_fn=preexec, timeout=timeout)
+    STARTED.append(server)
+    return server
 
 
 def port_of(server: ServerProcess) -> int:

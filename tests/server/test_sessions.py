@@ -15,6 +15,7 @@ from qa_ws_cli.agents.builtin import DemoAgent
 from qa_ws_cli.client import ClientOptions, QaWsClient
 from tests.conftest import Running, make_settings, run_gateway
 from tests.server.test_chat import open_ws, until
+from tests.server.wire import cut
 
 
 class Counting(DemoAgent):
@@ -26,11 +27,6 @@ class Counting(DemoAgent):
         self.calls.append(context)
         async for piece in super().stream(message, context):
             yield piece
-
-
-def cut(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Lose the connection the way a network does: no close frame."""
-    ws._response.connection.transport.abort()  # type: ignore[union-attr]
 
 
 async def drain_frames(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[dict[str, Any]]:

@@ -46,6 +46,11 @@ def bearer(running: Running, sub: str = "alice", **claims: Any) -> dict[str, str
     return {"Authorization": f"Bearer {running.token(sub, **claims)}"}
 
 
+def cut(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Lose the connection the way a network does: no close frame."""
+    ws._response.connection.transport.abort()  # type: ignore[union-attr]
+
+
 async def connect(
     http: aiohttp.ClientSession,
     running: Running,
