@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from qa_ws_cli.server.connections import Connection, ConnectionManager
@@ -69,6 +70,7 @@ class SessionDriver:
         self.limits = limits
         self.instance = instance
         self.local: dict[str, LocalSession] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.running = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -110,7 +112,7 @@ class SessionDriver:
             elif isinstance(out, StartRun):
                 self._start(local, out)
             elif isinstance(out, CancelRun):
-                asyncio.get_running_loop().create_task(self._cancel(local, out.chat_id))
+                self.background(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):
                 await self.store.relay_cancel(local.core.session_id, out.chat_id, out.cancel_id)
             elif isinstance(out, CloseConnection):
@@ -121,7 +123,13 @@ class SessionDriver:
     def spawn(self, local: LocalSession, outputs: list[Output]) -> None:
         """``apply`` from synchronous code (timers, callbacks)."""
         if outputs:
-            asyncio.get_running_loop().create_task(self.apply(local, outputs))
+            self.background(self.apply(local, outputs))
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task held until it ends (the loop keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def publish(self, local: LocalSession, event: Publish) -> None:
         core = local.core

@@ -199,7 +199,7 @@ class Gateway:
             self.driver.spawn(local, local.core.cancel_from_cluster(target, cancel_id))
 
     def deliver_revocation(self) -> None:
-        asyncio.get_running_loop().create_task(self.refresh_revocations())
+        self.driver.background(self.refresh_revocations())
 
     async def refresh_revocations(self) -> None:
         """Read the shared revocations and close what they revoke at once (4003)."""
