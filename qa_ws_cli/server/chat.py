@@ -22,7 +22,7 @@ from qa_ws_cli.server.driver import SessionDriver
 from qa_ws_cli.server.limits import Limiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
-from qa_ws_cli.server.session_core import error_body
+from qa_ws_cli.server.session_core import RATE_LIMITED_MESSAGE, Claim, RateLimited, error_body
 
 log = logging.getLogger("qa_ws.server")
 
@@ -74,9 +74,9 @@ class FrameHandler:
         await self.driver.apply(local, local.core.cancel(conn.id, event.id, event.target))
 
     async def on_chat(self, conn: Connection, msg: ChatMessage) -> None:
+        """Every chat counts against its user's rate limit before any answer: in the store's
+        claim when the core claims it (one store call, not two), else here first."""
         self.metrics.frames_chat.inc()
-        if self.limiter is not None and not await self._allowed(conn, msg.id):
-            return
         driver = self.driver
         local = driver.session(conn.session_id, conn.user)
         outputs = local.core.chat(
@@ -86,7 +86,14 @@ class FrameHandler:
             draining=driver.draining,
             attachments=tuple(msg.attachments or ()),
         )
-        await driver.apply(local, outputs)
+        if self.limiter is None:
+            await driver.apply(local, outputs)
+        elif len(outputs) == 1 and isinstance(outputs[0], Claim):
+            result = await driver.claim(local, outputs[0].chat_id, rate_user=conn.user)
+            if isinstance(result, RateLimited):
+                await self._rejected(conn)
+        elif await self._allowed(conn, msg.id):  # outputs that are not a claim change nothing
+            await driver.apply(local, outputs)
 
     async def _allowed(self, conn: Connection, chat_id: str) -> bool:
         limiter = self.limiter
@@ -94,9 +101,7 @@ class FrameHandler:
         retry_after = await limiter.hit(conn.user)
         if retry_after is None:
             return True
-        await self._error(
-            conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", chat_id, retry_after
-        )
+        await self._error(conn, ErrorCode.RATE_LIMITED, RATE_LIMITED_MESSAGE, chat_id, retry_after)
         await self._rejected(conn)
         return False
 

@@ -25,6 +25,7 @@ from qa_ws_cli.server.session_core import (
     CancelRemote,
     CancelRun,
     Claim,
+    ClaimResult,
     CloseConnection,
     CoreLimits,
     Output,
@@ -108,7 +109,7 @@ class SessionDriver:
             elif isinstance(out, Publish):
                 await self.publish(local, out)
             elif isinstance(out, Claim):
-                await self._claim(local, out.chat_id)
+                await self.claim(local, out.chat_id)
             elif isinstance(out, StartRun):
                 self._start(local, out)
             elif isinstance(out, CancelRun):
@@ -147,10 +148,15 @@ class SessionDriver:
             else:  # perhaps attached on another instance
                 await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
 
-    async def _claim(self, local: LocalSession, chat_id: str) -> None:
+    async def claim(
+        self, local: LocalSession, chat_id: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        """Claim ``chat_id`` in the store (counted against ``rate_user``'s rate limit, when
+        given) and carry out what the core makes of the answer; the answer, for the caller."""
         core = local.core
-        result = await self.store.claim(core.session_id, chat_id, self.instance)
+        result = await self.store.claim(core.session_id, chat_id, self.instance, rate_user)
         await self.apply(local, core.claimed(chat_id, result, time.perf_counter()))
+        return result
 
     # -- runs ------------------------------------------------------------------------------------
 

@@ -41,9 +41,7 @@ STORAGE_RETRY_S = 1.0
 KEY_TTL_S = 120  # the minute window needs the previous minute's count, no older
 _FAILURES = (RedisError, OSError, TimeoutError)
 
-# ARGV: burst, per minute, key TTL, the time ('' for Redis's own clock). Returns false when
-# allowed, else the wait in seconds, as a string of every digit (Redis would truncate a Lua
-# number to an integer; fewer digits could round a wait down before it is rounded up).
+# The time is given ('' for Redis's own clock, ``TIME``) so tests can set it.
 _NOW = """
 local function clock(given)
   if given ~= '' then return tonumber(given) end
@@ -52,38 +50,47 @@ local function clock(given)
 end
 """
 
-_HIT = (
+# ``rate_hit(key, burst, per minute, key TTL, the time)`` counts one message; it returns false
+# when allowed, else the wait in seconds, as a string of every digit (Redis would truncate a Lua
+# number to an integer; fewer digits could round a wait down before it is rounded up). It is
+# also the first step of the session store's counted claim (``redis_sessions.py``), so a chat
+# costs one script, not two.
+HIT_FUNCTION = (
     _NOW
     + """
-local now = clock(ARGV[4])
-local sec = math.floor(now)
-local burst, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local v = redis.call('HMGET', KEYS[1], 's', 'sc', 'm', 'mc', 'mp')
-local count = 0
-if tonumber(v[1]) == sec then count = tonumber(v[2]) end
-if count >= burst then return string.format('%.17g', sec + 1 - now) end
-local minute = math.floor(sec / 60)
-local at, current, previous = tonumber(v[3]), 0, 0
-if at == minute then
-  current, previous = tonumber(v[4]), tonumber(v[5])
-elseif at == minute - 1 then
-  previous = tonumber(v[4])
+local function rate_hit(key, burst, limit, ttl, given)
+  local now = clock(given)
+  local sec = math.floor(now)
+  burst, limit = tonumber(burst), tonumber(limit)
+  local v = redis.call('HMGET', key, 's', 'sc', 'm', 'mc', 'mp')
+  local count = 0
+  if tonumber(v[1]) == sec then count = tonumber(v[2]) end
+  if count >= burst then return string.format('%.17g', sec + 1 - now) end
+  local minute = math.floor(sec / 60)
+  local at, current, previous = tonumber(v[3]), 0, 0
+  if at == minute then
+    current, previous = tonumber(v[4]), tonumber(v[5])
+  elseif at == minute - 1 then
+    previous = tonumber(v[4])
+  end
+  local elapsed = now - minute * 60
+  local over = previous * (60 - elapsed) / 60 + current + 1 > limit
+  local counted = current
+  if not over then counted = current + 1 end
+  redis.call('HSET', key, 's', sec, 'sc', count + 1, 'm', minute, 'mc', counted, 'mp', previous)
+  redis.call('EXPIRE', key, ttl)
+  if not over then return false end
+  if current + 1 <= limit and previous > 0 then
+    return string.format('%.17g', math.max(0, 60 - 60 * (limit - current - 1) / previous - elapsed))
+  end
+  local fade = 0
+  if current > 0 then fade = math.max(0, 60 - 60 * (limit - 1) / current) end
+  return string.format('%.17g', 60 - elapsed + fade)
 end
-local elapsed = now - minute * 60
-local over = previous * (60 - elapsed) / 60 + current + 1 > limit
-local counted = current
-if not over then counted = current + 1 end
-redis.call('HSET', KEYS[1], 's', sec, 'sc', count + 1, 'm', minute, 'mc', counted, 'mp', previous)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if not over then return false end
-if current + 1 <= limit and previous > 0 then
-  return string.format('%.17g', math.max(0, 60 - 60 * (limit - current - 1) / previous - elapsed))
-end
-local fade = 0
-if current > 0 then fade = math.max(0, 60 - 60 * (limit - 1) / current) end
-return string.format('%.17g', 60 - elapsed + fade)
 """
 )
+
+_HIT = HIT_FUNCTION + "return rate_hit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
 
 # ARGV: key TTL, the time. Returns the rejections counted in this minute, this one included.
 _ABUSE = (
@@ -133,12 +140,16 @@ class RateLimiter:
         """The user's hash; the braces make it its own hash tag (one slot in a Cluster)."""
         return f"{self.key_prefix}:{{{user}}}"
 
+    def script_args(self) -> tuple[int | str, ...]:
+        """``rate_hit``'s arguments after the key: burst, per minute, key TTL, the time."""
+        return (*self._args, self._now())
+
     async def hit(self, user: str) -> float | None:
         """Count one message; None when allowed, else the seconds after which to retry."""
         if self._open_until and time.monotonic() < self._open_until:
             return None  # failing open: Redis failed a moment ago
         try:
-            args = (*self._args, self._now())
+            args = self.script_args()
             wait = await self._batch.script(self._hit, [self.key(user)], args)
         except _FAILURES as exc:  # fail open: a Redis outage must not stop every chat
             self._failed(exc)

@@ -45,6 +45,10 @@ class MemoryRateLimiter:
 
     async def hit(self, user: str) -> float | None:
         """Count one message; None when allowed, else the seconds after which to retry."""
+        return self.count(user)
+
+    def count(self, user: str) -> float | None:
+        """``hit``, for a caller that need not await (the memory store's counted claim)."""
         now = self.clock()
         second = int(now)
         at, count = self._seconds.get(user, (second, 0))

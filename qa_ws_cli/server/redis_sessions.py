@@ -12,7 +12,11 @@ one node), all expiring ``ttl_s`` after the session was last used:
 
 Two Lua scripts make the rules atomic: ``claim`` (answered? running elsewhere? else ours) and
 ``append`` (next seq, log, answer, turn and release in one step). So a chat id is answered once
-across the cluster, and seq grows by one whichever instance publishes.
+across the cluster, and seq grows by one whichever instance publishes. A counted claim first
+counts the chat against its user's rate limit (``limits.py``'s ``rate_hit``, on the user's
+own hash) in the same script: one script a chat instead of two. That script touches two hash
+tags, so the store needs one Redis server (a primary, with replicas or Sentinel if wanted), not
+a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from qa_ws_cli.server.limits import HIT_FUNCTION, RateLimiter
+from qa_ws_cli.server.memory_limits import round_retry
 from qa_ws_cli.server.redis_batch import AutoPipeline
 from qa_ws_cli.server.session_core import (
     Answered,
     Claimed,
     ClaimResult,
     Publish,
+    RateLimited,
     RunningElsewhere,
 )
 from qa_ws_cli.server.session_store import Event, ResumeRecord, SessionStore, replay_after
@@ -46,6 +53,15 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {'claimed', redis.call('LRANGE', KEYS[4], 0, -1)}
 """
+
+_COUNTED_CLAIM = (
+    HIT_FUNCTION
+    + """
+local wait = rate_hit(KEYS[5], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+if wait then return {'limited', wait} end
+"""
+    + _CLAIM
+)
 
 _APPEND = """
 local chat = ARGV[6]
@@ -95,6 +111,8 @@ class RedisSessionStore(SessionStore):
         self.client = client
         self.batch = AutoPipeline(client)  # the chat path's commands, many chats a round trip
         self._claim = client.register_script(_CLAIM)
+        self._counted_claim = client.register_script(_COUNTED_CLAIM)
+        self.limiter: RateLimiter | None = None  # set by ``RedisStore.rate_limiter``
         self._append = client.register_script(_APPEND)
 
     @staticmethod
@@ -147,19 +165,27 @@ class RedisSessionStore(SessionStore):
             events.append((seq, at, frame))
         return events
 
-    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
-        keys = self._keys(session_id, chat_id)
+    async def claim(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        k = self.key
+        keys = [k(session_id, "a"), k(session_id, "c"), k(session_id, f"l:{chat_id}")]
+        keys.append(k(session_id, "h"))
         lease_ms = int(self.sessions.run_lease_s * 1000)
-        kind, value = await self.batch.script(
-            self._claim,
-            [keys[2], keys[5], keys[6], keys[4]],
-            [chat_id, instance, lease_ms, self._ttl],
-        )
+        args: list[str | int] = [chat_id, instance, lease_ms, self._ttl]
+        script, limiter = self._claim, self.limiter
+        if rate_user is not None and limiter is not None:
+            script = self._counted_claim
+            keys.append(limiter.key(rate_user))
+            args.extend(limiter.script_args())
+        kind, value = await self.batch.script(script, keys, args)
         kind = as_text(kind)
         if kind == "answered":
             return Answered(as_text(value))
         if kind == "running":
             return RunningElsewhere(as_text(value))
+        if kind == "limited":
+            return RateLimited(round_retry(float(value)))
         return Claimed(self._history(value))
 
     @staticmethod

@@ -131,7 +131,9 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         return not self._down
 
     def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
-        return RateLimiter(settings, self._redis, self.batch, self.key_prefix)
+        if self.limiter is None:
+            self.limiter = RateLimiter(settings, self._redis, self.batch, self.key_prefix)
+        return self.limiter
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
@@ -183,9 +185,11 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
             lambda: self.local.resume(session_id, last_seq),
         )
 
-    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
-        return await self._guarded(
-            lambda: RedisSessionStore.claim(self, session_id, chat_id, instance),
+    async def claim(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        return await self._guarded(  # away, the limit fails open (as ``RateLimiter`` does)
+            lambda: RedisSessionStore.claim(self, session_id, chat_id, instance, rate_user),
             lambda: self.local.claim(session_id, chat_id, instance),
         )
 

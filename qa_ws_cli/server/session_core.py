@@ -120,7 +120,16 @@ class Claimed:
     history: tuple[tuple[str, str], ...] = ()
 
 
-ClaimResult = Answered | RunningElsewhere | Claimed
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    """A counted claim (the store counts the chat against its user's rate limit in the same
+    step) found the user over the limit: nothing was claimed."""
+
+    retry_after: float
+
+
+ClaimResult = Answered | RunningElsewhere | Claimed | RateLimited
+RATE_LIMITED_MESSAGE = "too many messages; slow down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +207,8 @@ class SessionCore:
         draining: bool,
         attachments: tuple[str, ...] = (),
     ) -> list[Output]:
-        """A ``chat_message`` that passed the rate limit."""
+        """A ``chat_message``. Its rate limit is counted by the caller before any answer that
+        is not a claim, and by the store in the claim itself (``RateLimited``)."""
         limits = self.limits
         if len(content) > limits.max_content_chars:
             return self.error(
@@ -240,6 +250,10 @@ class SessionCore:
             del self.runs[chat_id]
             self.remote.add(chat_id)
             return []
+        if isinstance(result, RateLimited):
+            del self.runs[chat_id]
+            code, wait = ErrorCode.RATE_LIMITED, result.retry_after
+            return self.error(run.origin, code, RATE_LIMITED_MESSAGE, chat_id, wait)
         if run.cancelled_by is not None:  # cancelled while the claim was on its way
             del self.runs[chat_id]
             return [self._publish_error(chat_id, ErrorCode.CANCELLED)]

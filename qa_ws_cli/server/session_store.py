@@ -71,8 +71,14 @@ class SessionStore(ABC):
         """The session, or None when it is unknown, expired or its record is malformed."""
 
     @abstractmethod
-    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
-        """Atomically: the stored answer, the instance running it, or the claim is ours."""
+    async def claim(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        """Atomically: the stored answer, the instance running it, or the claim is ours.
+
+        With ``rate_user``, the chat is first counted against that user's rate limit (the
+        limiter this store made, ``Store.rate_limiter``), in the same step: over it, the answer
+        is ``RateLimited`` and nothing is claimed. A store without a limiter ignores it."""
 
     @abstractmethod
     async def append(
@@ -153,7 +159,9 @@ class MemorySessionStore(SessionStore):
         lapsed = [c for c, (_, lease) in record.claims.items() if lease < now]
         return ResumeRecord(record.user, record.seq, frames, running, lapsed)
 
-    async def claim(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+    async def claim(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
         record = self._get(session_id)
         if record is None:
             return Claimed()

@@ -15,6 +15,7 @@ from qa_ws_cli.config import RateLimitSettings
 from qa_ws_cli.server.limits import Limiter
 from qa_ws_cli.server.memory_limits import MemoryRateLimiter
 from qa_ws_cli.server.notifications import InboxLimits, MemoryInbox, Notification, Taken
+from qa_ws_cli.server.session_core import ClaimResult, RateLimited
 from qa_ws_cli.server.session_store import MemorySessionStore, SessionStore
 
 
@@ -158,6 +159,15 @@ class MemoryStore(MemorySessionStore, Store):
         if self.limiter is None:
             self.limiter = MemoryRateLimiter(settings)
         return self.limiter
+
+    async def claim(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        if rate_user is not None and self.limiter is not None:
+            retry_after = self.limiter.count(rate_user)
+            if retry_after is not None:
+                return RateLimited(retry_after)
+        return await super().claim(session_id, chat_id, instance)
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)

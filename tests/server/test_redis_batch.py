@@ -60,6 +60,21 @@ async def test_an_error_in_one_command_fails_that_caller_only(client: aioredis.R
     assert batch.commands == 4 + 2  # the first use of the script: NOSCRIPT, loaded, sent again
 
 
+async def test_an_argument_redis_cannot_carry_fails_its_own_caller_only(
+    client: aioredis.Redis,
+) -> None:
+    batch = AutoPipeline(client)
+    calls = [
+        batch.execute("SET", "a", "before"),
+        batch.execute("SET", "b", "\ud800"),  # a lone surrogate has no UTF-8 form
+        batch.execute("SET", "c", "after"),
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == results[2] == b"OK"
+    assert isinstance(results[1], UnicodeEncodeError)
+    assert await client.mget("a", "b", "c") == [b"before", None, b"after"]
+
+
 async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(
     client: aioredis.Redis,
 ) -> None:

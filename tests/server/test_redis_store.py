@@ -26,7 +26,7 @@ from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.redis_store import CHANNEL, RedisStore, check_store_url
 from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
 from tests.redis_server import RedisServer
-from tests.server.wire import chat, connect, eventually, next_event, ping, until
+from tests.server.wire import chat, close_code, connect, eventually, next_event, ping, until
 
 
 def cluster_settings(tmp_path: Path, **rate: Any) -> Any:
@@ -90,6 +90,41 @@ async def test_a_users_rate_limit_is_counted_across_instances(
     assert (await chat(bob, "c0", "hi"))["content"] == "hi"
 
 
+async def test_claims_and_other_chats_share_one_budget_and_a_refused_chat_claims_nothing(
+    pair: tuple[Running, Running, RedisStore, RedisStore],
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    a, b, _, _ = pair
+    on_a, hello = await connect(http, a, "alice")
+    on_b, _ = await connect(http, b, "alice")
+    assert (await chat(on_a, "a0"))["type"] == "agent_response"  # counted in its claim
+    too_long = await chat(on_b, "b0", "x" * 9000)  # refused before any claim: counted apart
+    assert too_long["code"] == "message_too_large"
+    assert (await chat(on_b, "b1"))["type"] == "agent_response"
+    assert (await chat(on_a, "a1"))["type"] == "agent_response"  # the fourth of four
+    refused = await chat(on_a, "a2")
+    assert refused["code"] == "rate_limited" and refused["retry_after"] > 0
+    client = redis.Redis.from_url(redis_server.url)
+    try:  # the refused chat left no claim behind: a resend after the wait runs it
+        assert not client.hexists(f"qa-ws:s:{{{hello['session_id']}}}:c", "a2")
+    finally:
+        client.close()
+
+
+async def test_a_user_who_keeps_sending_past_the_limit_is_closed_with_1008(
+    pair: tuple[Running, Running, RedisStore, RedisStore], http: aiohttp.ClientSession
+) -> None:
+    a, _, _, _ = pair
+    ws, _ = await connect(http, a, "mallory")
+    for n in range(4):
+        assert (await chat(ws, f"ok{n}"))["type"] == "agent_response"
+    for n in range(8):  # up to the threshold (abuse_factor 2 x 4): refused, still connected
+        assert (await chat(ws, f"spam{n}"))["code"] == "rate_limited"
+    await ws.send_json({"type": "chat_message", "id": "one-too-many", "content": "x"})
+    assert await close_code(ws) == 1008
+
+
 async def test_a_broadcast_to_one_instance_reaches_the_clients_of_every_instance(
     pair: tuple[Running, Running, RedisStore, RedisStore], http: aiohttp.ClientSession
 ) -> None:
@@ -135,8 +170,10 @@ async def test_redis_going_away_fails_open_and_the_subscriber_comes_back(
         for n in range(6):  # past the limit of 4: Redis cannot count, so the limiter allows
             answer = await chat(on_a, f"down{n}", f"still here {n}")
             assert answer["type"] == "agent_response", answer
-    outage_warnings = [r for r in caplog.records if "rate-limit storage" in r.getMessage()]
-    assert len(outage_warnings) == 1  # once per 10 s, not once per message
+    # once, not once per message (the chats' claims count their rate limit: one warning)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    outage_warnings = [w for w in warnings if not w.startswith("subscription")]
+    assert len(outage_warnings) == 1 and "Redis unavailable" in outage_warnings[0], warnings
     status, body = await post_broadcast(http, a, "local only")
     assert (status, body) == (202, {"delivered_to": 1})  # this instance's clients still get it
     await until(on_a, is_broadcast("local only"))

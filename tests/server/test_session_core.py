@@ -16,6 +16,7 @@ from qa_ws_cli.server.session_core import (
     CoreLimits,
     Output,
     Publish,
+    RateLimited,
     RunningElsewhere,
     SendFrame,
     SessionCore,
@@ -87,6 +88,22 @@ def test_an_id_running_on_another_instance_is_attached_and_cancel_is_relayed() -
     assert session.cancel("c1", "x1", "q1") == [CancelRemote("q1", "x1")]
     assert session.remote_frame('{"seq":9}', "q1") == [SendFrame("c1", '{"seq":9}')]
     assert session.remote == set()
+
+
+def test_a_counted_claim_over_the_rate_limit_is_refused_and_nothing_runs() -> None:
+    session = core()
+    assert session.chat("c1", "q1", "how?", draining=False) == [Claim("q1")]
+    (refused,) = session.claimed("q1", RateLimited(2.5), 100.0)
+    assert isinstance(refused, Publish) and refused.error == "rate_limited"
+    assert {k: v for k, v in body(refused).items() if k != "ts"} == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": "too many messages; slow down",
+        "reply_to": "q1",
+        "retry_after": 2.5,
+    }
+    assert session.inflight() == 0  # a resend after the wait is a new claim
+    assert session.chat("c1", "q1", "how?", draining=False) == [Claim("q1")]
 
 
 def test_a_resend_while_in_flight_is_attached() -> None:
