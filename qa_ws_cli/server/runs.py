@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qa_ws_cli.agents.base import Agent, ChatContext, Turn
+from qa_ws_cli.agents.base import Agent, ChatContext, History
 from qa_ws_cli.agents.events import Attachment, ToolLog, to_frame
 from qa_ws_cli.errors import AgentError
 from qa_ws_cli.protocol.codec import encode
@@ -66,10 +66,7 @@ class AgentRun:
 
     @staticmethod
     def context(core: SessionCore, start: StartRun) -> ChatContext:
-        history = tuple(
-            turn for q, a in start.history for turn in (Turn("user", q), Turn("assistant", a))
-        )
-        return ChatContext(core.session_id, core.user, start.chat_id, history)
+        return ChatContext(core.session_id, core.user, start.chat_id, History(start.history))
 
     async def answer(
         self, core: SessionCore, start: StartRun, context: ChatContext, fields: dict[str, Any]
