@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
 Arg = str | int | float | bytes
+
+IDLE_CHECK_S = 1
 
 # errors of the connection rather than of one command: they fail the batch and its followers
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -148,7 +152,9 @@ class AutoPipeline:
         async with asyncio.timeout(self.timeout_s):  # connecting included: a hung Redis accepts
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: untyped
             try:
-                await conn.send_packed_command(b"".join(c.packed for c in batch), False)
+                # a connection idle past ``health_check_interval`` is PINGed first (and made
+                # again if Redis restarted meanwhile): a batch never goes out on a dead socket
+                await conn.send_packed_command(b"".join(c.packed for c in batch), True)
                 replies: list[Any] = []
                 for _ in batch:
                     try:
@@ -185,9 +191,17 @@ def batch_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:
     redis-py arms a timeout (an ``asyncio.timeout`` context) for every reply it reads when
     ``socket_timeout`` is set, a few microseconds each; a batch reads dozens. Here the batch has
     one deadline for all its replies, so the client's own is off (the connect timeout stays).
+    A connection idle for ``IDLE_CHECK_S`` is PINGed before its next batch: after a Redis
+    restart the first batch would otherwise meet the old, closed socket (under load batches
+    follow each other closely, so no PING is sent).
     """
     return aioredis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=None, **options
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=None,
+        health_check_interval=IDLE_CHECK_S,
+        retry=Retry(NoBackoff(), 1),  # only ever the PING: a batch is never sent twice
+        **options,
     )
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
 
 import redis.asyncio as aioredis
 
@@ -102,6 +102,58 @@ return {seq, frame}
 
 def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StoredTurns(Sequence[tuple[str, str]]):
+    """The session's turns as the claim read them (each ``[question, answer]`` in JSON),
+    parsed on first read: an agent that never looks at its history costs nothing for it."""
+
+    __slots__ = ("_raw", "_turns")
+
+    def __init__(self, raw: list[bytes]) -> None:
+        self._raw = raw
+        self._turns: tuple[tuple[str, str], ...] | None = None
+
+    def _parsed(self) -> tuple[tuple[str, str], ...]:
+        if self._turns is None:
+            self._turns = parse_turns(self._raw)
+        return self._turns
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[tuple[str, str], ...]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | tuple[tuple[str, str], ...]:
+        return self._parsed()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return self._parsed() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._parsed())
+
+
+def parse_turns(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Parsed as one array (one call into the C decoder, not one per turn), or one by one if a
+    turn is malformed: a malformed turn is left out, never a failed chat."""
+    try:
+        turns = json.loads(b"[" + b",".join(raw) + b"]")
+        return tuple((str(q), str(a)) for q, a in turns)
+    except (ValueError, TypeError):
+        pass
+    history: list[tuple[str, str]] = []
+    for item in raw:
+        try:
+            question, answer = json.loads(item)
+        except (ValueError, TypeError):
+            continue
+        history.append((str(question), str(answer)))
+    return tuple(history)
 
 
 class RedisSessionStore(SessionStore):
@@ -186,25 +238,7 @@ class RedisSessionStore(SessionStore):
             return RunningElsewhere(as_text(value))
         if kind == "limited":
             return RateLimited(round_retry(float(value)))
-        return Claimed(self._history(value))
-
-    @staticmethod
-    def _history(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
-        """The turns, each ``[question, answer]`` in JSON: parsed as one array (one call into
-        the C decoder, not one per turn), or one by one if a turn is malformed."""
-        try:
-            turns = json.loads(b"[" + b",".join(raw) + b"]")
-            return tuple((str(q), str(a)) for q, a in turns)
-        except (ValueError, TypeError):
-            pass
-        history: list[tuple[str, str]] = []
-        for item in raw:
-            try:
-                question, answer = json.loads(item)
-            except (ValueError, TypeError):
-                continue  # a malformed turn is left out, never a failed chat
-            history.append((str(question), str(answer)))
-        return tuple(history)
+        return Claimed(StoredTurns(value))
 
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0

@@ -104,7 +104,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         self._redis = self.client
         self.key_prefix = key_prefix
         # the chat path's commands (limits, claims, appends), many chats a round trip
-        self._batch_client = batch_client(url, timeout_s, retry=Retry(NoBackoff(), 1))
+        self._batch_client = batch_client(url, timeout_s)
         self.batch = AutoPipeline(self._batch_client, timeout_s=timeout_s)
         self._reserve = self._redis.register_script(_RESERVE)
         # Its own client and connection: the subscription holds one for good.

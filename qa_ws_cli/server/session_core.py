@@ -21,6 +21,7 @@ never cancels it. Only ``cancel``, the deadline, or the session's expiry stop it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,7 @@ class Claim:
 class StartRun:
     chat_id: str
     content: str
-    history: tuple[tuple[str, str], ...]
+    history: Sequence[tuple[str, str]]  # (question, answer) pairs, oldest first
     origin: str  # the connection that asked (for logs)
     attachments: tuple[str, ...] = ()  # file ids, resolved by the driver
 
@@ -117,7 +118,7 @@ class RunningElsewhere:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    history: tuple[tuple[str, str], ...] = ()
+    history: Sequence[tuple[str, str]] = ()  # a store may parse its turns on first read
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from qa_ws_cli.server.redis_batch import AutoPipeline
+from qa_ws_cli.server.redis_batch import IDLE_CHECK_S, AutoPipeline, batch_client
 from tests.redis_server import RedisServer
 
 FAILS = "if ARGV[1] == 'fail' then return redis.error_reply('refused ' .. KEYS[1]) end\n"
@@ -108,6 +108,21 @@ async def test_redis_going_away_mid_batch_fails_every_waiting_caller(
     redis_server.start()  # back on the same port: the next command goes through
     assert await batch.execute("INCR", "n") == 1
     assert await batch.script(echo, ["k"], ["back"]) == [b"k", b"back"]
+
+
+async def test_the_first_batch_after_a_quiet_redis_restart_goes_through(
+    redis_server: RedisServer,
+) -> None:
+    client = batch_client(redis_server.url, 1.0)
+    batch = AutoPipeline(client, timeout_s=1.0)
+    try:
+        assert await batch.execute("INCR", "n") == 1
+        redis_server.stop()  # nothing is sent while it is away: the socket goes stale unseen
+        redis_server.start()
+        await asyncio.sleep(IDLE_CHECK_S + 0.2)
+        assert await batch.execute("INCR", "n") == 1  # a fresh Redis, reached at once
+    finally:
+        await client.aclose()
 
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(
