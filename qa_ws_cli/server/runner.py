@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import signal
@@ -121,6 +122,11 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    # What start-up made (modules, the app, pydantic's schemas) lives as long as the process:
+    # frozen, full collections no longer walk it, and their pauses shrink (the gc module's
+    # advice for servers; docs/performance.md has the p99 it bought).
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready(url)
     try:
