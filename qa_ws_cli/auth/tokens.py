@@ -7,6 +7,7 @@ construction. Verification errors become ``AuthError`` with the handshake's erro
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,13 +62,19 @@ def _check_times(payload: dict[str, Any]) -> None:
             raise AuthError(f"the token's '{name}' is not a valid time")
 
 
-def _claims(payload: dict[str, Any]) -> Claims:
+@functools.lru_cache(maxsize=256)
+def _scopes(scope: str) -> frozenset[str]:
+    """One set for every connection whose token says the same scope (most say "chat")."""
+    return frozenset(scope.split())
+
+
+def _claims(payload: dict[str, Any], keep_payload: bool = True) -> Claims:
     _check_times(payload)
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("the token's 'sub' must be a non-empty string")
     scope = payload.get("scope", DEFAULT_SCOPE)
-    scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+    scopes = _scopes(scope) if isinstance(scope, str) else frozenset()
     jti = payload.get("jti")
     return Claims(
         sub=sub,
@@ -75,7 +82,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
         iat=float(payload["iat"]),
         jti=jti if isinstance(jti, str) else None,
         scopes=scopes,
-        raw=payload,
+        raw=payload if keep_payload else {},
     )
 
 
@@ -141,7 +148,7 @@ class TokenVerifier:
         required += [c for c, v in (("iss", self.issuer), ("aud", self.audience)) if v]
         self._options: Any = {"require": required, "verify_aud": bool(self.audience)}
 
-    def _decode(self, token: str, key: Any) -> Claims:
+    def _decode(self, token: str, key: Any, keep_payload: bool = True) -> Claims:
         try:
             payload = jwt.decode(
                 token,
@@ -160,9 +167,9 @@ class TokenVerifier:
             raise _reason(exc) from None
         except (OverflowError, ValueError, TypeError):  # e.g. "exp": 1e999 inside pyjwt
             raise AuthError("the token's time claims are not valid times") from None
-        return _claims(payload)
+        return _claims(payload, keep_payload)
 
-    def verify(self, token: str) -> Claims:
+    def verify(self, token: str, keep_payload: bool = True) -> Claims:
         """Synchronous check; with a JWKS URL the key fetch may block (use ``averify``)."""
         key = self._key
         if self._jwks is not None:
@@ -170,12 +177,15 @@ class TokenVerifier:
                 key = self._jwks.get_signing_key_from_jwt(token).key
             except jwt.PyJWTError as exc:
                 raise _reason(exc) from None
-        return self._decode(token, key)
+        return self._decode(token, key, keep_payload)
 
     async def averify(self, token: str) -> Claims:
+        """The gateway's check: the claims without ``raw`` (a connection holds its claims for
+        its whole life, and the payload's dict was most of their size)."""
         if self._jwks is None:
-            return self._decode(token, self._key)
-        return await asyncio.get_running_loop().run_in_executor(None, self.verify, token)
+            return self._decode(token, self._key, keep_payload=False)
+        check = functools.partial(self.verify, token, keep_payload=False)
+        return await asyncio.get_running_loop().run_in_executor(None, check)
 
 
 def issue_token(

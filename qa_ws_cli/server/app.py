@@ -15,12 +15,13 @@ from qa_ws_cli.server.files import FileStore
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.middlewares import (
-    auth_middleware,
-    caps_middleware,
-    forwarded_middleware,
-    guard_middleware,
-    origin_middleware,
-    request_id_middleware,
+    Check,
+    allowed_origin,
+    authenticate,
+    connection_guard,
+    forwarded_address,
+    gateway_middleware,
+    request_id,
     security_headers,
 )
 from qa_ws_cli.server.store import MemoryStore, Store
@@ -36,14 +37,14 @@ def create_app(
         settings, agent, store if store is not None else MemoryStore(), files=files, signer=signer
     )
     cors = settings.security.cors
-    middlewares = [request_id_middleware()]
+    checks: list[Check] = [request_id]
     if settings.server.trusted_proxies:
-        middlewares.append(forwarded_middleware(settings.server.trusted_proxies))
-    middlewares.append(guard_middleware())
+        checks.append(forwarded_address(settings.server.trusted_proxies))
+    checks.append(connection_guard)
     if cors.enabled:
-        middlewares.append(origin_middleware())
-    middlewares += [auth_middleware(), caps_middleware()]
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+        checks.append(allowed_origin)
+    checks.append(authenticate)
+    app = web.Application(middlewares=[gateway_middleware(checks)], client_max_size=64 * 1024)
     app[GATEWAY] = gateway
     app.router.add_get("/ws", handlers.websocket)
     app.router.add_get("/healthz", handlers.healthz)

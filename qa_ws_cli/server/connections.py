@@ -50,7 +50,7 @@ class Connection:
         "remote",
         "session_id",
         "slot",
-        "timers",
+        "token_timer",
         "transport",
         "user",
         "writer",
@@ -84,7 +84,7 @@ class Connection:
         self.last_seen = 0.0
         self.frame_window = 0  # the second the frame budget counts in, and its count
         self.frames_in_window = 0
-        self.timers: list[asyncio.TimerHandle] = []
+        self.token_timer: asyncio.TimerHandle | None = None  # its token's notice, then expiry
         self._on_overflow = on_overflow
         self.remote = ""  # the client's address, as the request saw it
         self.connected_at = time.time()
@@ -180,9 +180,9 @@ class Connection:
             asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_stuck, self.transport)
 
     def cancel_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
+        if self.token_timer is not None:
+            self.token_timer.cancel()
+            self.token_timer = None
 
 
 def _abort_if_stuck(transport: asyncio.Transport) -> None:

@@ -46,7 +46,9 @@ class LocalSession:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     contexts: dict[str, ChatContext] = field(default_factory=dict)  # of the runs, for cancel
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keeps publishes in seq order
+    # keeps publishes in seq order; made by the first publish (an asyncio.Lock is 350 bytes,
+    # and most sessions of idle connections never publish)
+    lock: asyncio.Lock | None = None
     seq: int = 0  # the highest seq this instance saw: a floor while the store was away
 
 
@@ -136,6 +138,8 @@ class SessionDriver:
         core = local.core
         if event.error is not None:
             self.metrics.errors[event.error].inc()
+        if local.lock is None:
+            local.lock = asyncio.Lock()
         async with local.lock:
             kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
             if kept is None:

@@ -5,8 +5,9 @@ stream instead, part by part and chunk by chunk, and refused with 413 the moment
 ``limits.max_upload_bytes``, so a body larger than that is never held whole. A declared
 ``Content-Length`` past the limit is refused before a byte of the body is read.
 
-Authentication and the ``Origin`` allowlist are the middlewares' (as for ``/ws``); a ``GET``
-with a signed URL (``exp`` and ``sig``) skips the token and is checked here instead.
+Authentication and the ``Origin`` allowlist are the gateway middleware's checks (as for
+``/ws``); a ``GET`` with a signed URL (``exp`` and ``sig``) skips the token and is checked here
+instead.
 """
 
 from __future__ import annotations

@@ -135,27 +135,33 @@ class Gateway:
         )
 
     def schedule_token_timers(self, conn: Connection, claims: Claims) -> None:
+        """``token_expiring`` ahead of the token's expiry, then the close at it: one timer at a
+        time per connection (the notice's callback sets the next)."""
         if self.verifier is None:
             return
-        loop = asyncio.get_running_loop()
         left = claims.exp - time.time()
         notice = self.settings.security.authentication.expiring_notice_s
         if notice and left > notice:
-            expires_at = utc_timestamp(claims.exp)
-            conn.timers.append(
-                loop.call_later(left - notice, self._token_expiring, conn, expires_at)
+            loop = asyncio.get_running_loop()
+            conn.token_timer = loop.call_later(
+                left - notice, self._token_expiring, conn, claims.exp
             )
-        conn.timers.append(
-            loop.call_later(
-                max(left, 0.0), conn.start_close, CloseCode.TOKEN_EXPIRED, "token expired"
-            )
-        )
+        else:
+            self._close_at_expiry(conn, claims.exp)
 
-    def _token_expiring(self, conn: Connection, expires_at: str) -> None:
+    def _token_expiring(self, conn: Connection, exp: float) -> None:
         local = self.driver.local.get(conn.session_id)
         if local is not None:
-            outputs = local.core.system(conn.id, event="token_expiring", expires_at=expires_at)
-            self.driver.spawn(local, outputs)
+            event = {"event": "token_expiring", "expires_at": utc_timestamp(exp)}
+            self.driver.spawn(local, local.core.system(conn.id, **event))
+        self._close_at_expiry(conn, exp)
+
+    @staticmethod
+    def _close_at_expiry(conn: Connection, exp: float) -> None:
+        left = max(exp - time.time(), 0.0)
+        conn.token_timer = asyncio.get_running_loop().call_later(
+            left, conn.start_close, CloseCode.TOKEN_EXPIRED, "token expired"
+        )
 
     # -- readiness -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Typed keys for what middlewares leave on a request for the handlers."""
+"""Typed keys for what the middleware's checks leave on a request for the handlers."""
 
 from __future__ import annotations
 
