@@ -1,0 +1,65 @@
+"""The log handler: the lines of one event-loop iteration in one write, warnings at once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+from qa_ws_cli.server.logs import ConsoleFormatter, IterationBatchedHandler
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def handler_and_logger() -> tuple[CountingStream, logging.Logger]:
+    stream = CountingStream()
+    handler = IterationBatchedHandler(stream)
+    handler.setFormatter(ConsoleFormatter())
+    logger = logging.getLogger(f"qa_ws.test.{id(stream)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return stream, logger
+
+
+async def test_the_lines_of_one_iteration_go_out_in_one_write_in_order() -> None:
+    stream, log = handler_and_logger()
+    for n in range(5):
+        log.info("chat %d", n)
+    assert stream.getvalue() == ""  # not yet: at the end of this iteration
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(maxsplit=2)[2] for line in lines] == [f"chat {n}" for n in range(5)]
+    assert stream.writes == 1
+
+
+async def test_a_warning_writes_at_once_with_what_was_waiting() -> None:
+    stream, log = handler_and_logger()
+    log.info("before")
+    log.warning("the store went away")
+    assert stream.getvalue().splitlines()[-1].endswith("the store went away")
+    assert "before" in stream.getvalue()
+    await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 2  # nothing written twice
+
+
+def test_outside_a_running_loop_each_line_is_written_at_once() -> None:
+    stream, log = handler_and_logger()
+    log.info("starting")
+    assert stream.getvalue().endswith("starting\n")
+
+
+async def test_a_closed_stream_loses_the_lines_but_not_the_server() -> None:
+    stream, log = handler_and_logger()
+    log.info("into the void")
+    stream.close()
+    await asyncio.sleep(0)  # the write fails inside the loop's callback: dropped, no raise
+    log.warning("still no raise")
