@@ -72,12 +72,11 @@ class ConsoleFormatter(logging.Formatter):
         second = int(record.created)
         if second != self._second:  # one strftime a second, not one a line
             self._second, self._stamp = second, time.strftime("%H:%M:%S", time.localtime(second))
-        stamp = self._stamp
-        fields = " ".join(
-            f"{k}={escape_controls(str(v))}" for k, v in getattr(record, "fields", {}).items()
-        )
-        message = escape_controls(record.getMessage())
-        line = f"{stamp} {record.levelname:<7} {message} {fields}".rstrip()
+        fields = " ".join([f"{k}={v}" for k, v in getattr(record, "fields", {}).items()])
+        # one escape of the whole line: it changes control characters only, so this is the
+        # same as escaping the message and each value, for one call instead of one a field
+        text = escape_controls(f"{record.getMessage()} {fields}".rstrip())
+        line = f"{self._stamp} {record.levelname:<7} {text}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return redact(line)

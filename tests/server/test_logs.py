@@ -63,3 +63,10 @@ async def test_a_closed_stream_loses_the_lines_but_not_the_server() -> None:
     stream.close()
     await asyncio.sleep(0)  # the write fails inside the loop's callback: dropped, no raise
     log.warning("still no raise")
+
+
+def test_a_console_line_escapes_every_control_character_of_message_and_values() -> None:
+    stream, log = handler_and_logger()
+    log.info("hello\x1b[2J", extra={"fields": {"user": "eve\nFAKE 00:00:00 INFO", "n": 3}})
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith("hello\\x1b[2J user=eve\\nFAKE 00:00:00 INFO n=3")
