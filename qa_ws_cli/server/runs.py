@@ -75,13 +75,13 @@ class AgentRun:
         tools = ToolLog()
         produced: list[Attachment] = []
         try:
-            attachments = await self._attachments(core.user, start.attachments)
-            if attachments is None:
-                message = "an attached file is unknown, expired or not yours"
-                return RunOutcome(
-                    core.failed(chat_id, ErrorCode.FILE_NOT_FOUND, message), "file_not_found", None
-                )
-            context = _with_attachments(context, attachments)
+            if start.attachments:
+                attachments = await self._attachments(core.user, start.attachments)
+                if attachments is None:
+                    message = "an attached file is unknown, expired or not yours"
+                    outputs = core.failed(chat_id, ErrorCode.FILE_NOT_FOUND, message)
+                    return RunOutcome(outputs, "file_not_found", None)
+                context = _with_attachments(context, attachments)
             content = await self._ask(core, start.content, context, tools, produced)
         except asyncio.CancelledError:
             return RunOutcome(core.stopped(chat_id), "cancelled", None)
@@ -91,12 +91,14 @@ class AgentRun:
             log.exception("agent raised", extra={"fields": {**fields, "reply_to": chat_id}})
             return RunOutcome(core.failed(chat_id, ErrorCode.AGENT_ERROR), "agent_error", None)
         extra: dict[str, Any] = {}
-        if tools.summary():
-            extra["tools"] = tools.summary()
+        summary = tools.summary()
+        if summary:
+            extra["tools"] = summary
         if produced:
             extra["attachments"] = await self._keep(core.user, produced)
-        latency = core.latency_ms(chat_id, time.perf_counter())
-        outputs = core.finished(chat_id, content, time.perf_counter(), **extra)
+        now = time.perf_counter()
+        latency = core.latency_ms(chat_id, now)
+        outputs = core.finished(chat_id, content, now, **extra)
         return RunOutcome(outputs, "ok" if content else "agent_error", latency if content else None)
 
     async def _ask(
@@ -151,8 +153,6 @@ class AgentRun:
                 conn.send(out.frame)
 
     async def _attachments(self, owner: str, file_ids: tuple[str, ...]) -> list[Attachment] | None:
-        if not file_ids:
-            return []
         if self.files is None:
             return None
         found = await asyncio.gather(*(self.files.get(f, owner) for f in file_ids))
