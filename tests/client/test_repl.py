@@ -19,6 +19,7 @@ import pexpect
 import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
+from qa_ws_cli.client.repl import PROMPT
 from qa_ws_cli.config import Settings
 from tests.conftest import free_port, server_env
 
@@ -236,8 +237,33 @@ def test_survives_a_server_restart_with_a_new_session(
     term.expect(r"answered in \d+ ms")
     term.line("/reconnect")
     term.expect(r"reconnected after [\d.]+ s, session resumed \(0 events replayed\)")
+    term.expect(re.escape(PROMPT))  # the next prompt is up: this Ctrl-C is read by it
     term.send("\x03")  # at an empty prompt: only a hint
     term.expect("press Ctrl-C again or Ctrl-D to leave")
+    term.send("\x04")
+    assert term.wait_exit() == 0
+
+
+def test_ctrl_c_while_a_command_runs_is_a_hint_not_an_exit(
+    spawn_server: Spawn, terminal: Callable[..., Terminal], tmp_path: Path, settings: Settings
+) -> None:
+    server = spawn_server("--demo-latency-ms", "20")
+    term = terminal(
+        "--url",
+        server.url,
+        "--sub",
+        "alice",
+        "--history",
+        str(tmp_path / "h"),
+        WEBSOCKET_SECRET_KEY=str(settings.secret()),
+    )
+    term.expect(r"connected to .* as alice")
+    term.line("/reconnect")
+    term.send("\x03")  # while the command runs (read as a key at the next prompt at the latest)
+    hint, done = "press Ctrl-C again or Ctrl-D to leave", r"reconnected after [\d.]+ s"
+    term.expect(rf"(?s)({hint}.*{done}|{done}.*{hint})")  # either order, and no exit
+    term.line(QUESTION)
+    term.expect(r"answered in \d+ ms")  # still working
     term.send("\x04")
     assert term.wait_exit() == 0
 
