@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Literal, overload
+from typing import Literal
 
 from qa_ws_cli.agents.events import Attachment, Piece
+from qa_ws_cli.lazy import LazyTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,44 +27,19 @@ class Turn:
     content: str
 
 
-class History(Sequence[Turn]):
+class History(LazyTuple[Turn]):
     """A session's recent turns, ``(question, answer)`` pairs read as ``Turn``s, user then
     assistant. The ``Turn``s are made on first read: an agent that never looks at the history
     (an echo, a backend that keeps its own) costs the chat path nothing for it."""
 
-    __slots__ = ("_pairs", "_turns")
+    __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__()
         self._pairs = pairs
-        self._turns: tuple[Turn, ...] | None = None
 
-    def _all(self) -> tuple[Turn, ...]:
-        if self._turns is None:
-            self._turns = tuple(
-                t for q, a in self._pairs for t in (Turn("user", q), Turn("assistant", a))
-            )
-        return self._turns
-
-    def __len__(self) -> int:
-        return 2 * len(self._pairs)
-
-    @overload
-    def __getitem__(self, index: int) -> Turn: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Turn, ...]: ...
-    def __getitem__(self, index: int | slice) -> Turn | tuple[Turn, ...]:
-        return self._all()[index]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence):
-            return self._all() == tuple(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:  # as the tuple of its turns (equal to it, so hashed alike)
-        return hash(self._all())
-
-    def __repr__(self) -> str:
-        return f"History({list(self._all())!r})"
+    def _make(self) -> tuple[Turn, ...]:
+        return tuple(t for q, a in self._pairs for t in (Turn("user", q), Turn("assistant", a)))
 
 
 @dataclass(frozen=True, slots=True)

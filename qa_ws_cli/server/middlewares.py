@@ -272,9 +272,7 @@ async def _anonymous_user(gw: Gateway, request: web.Request) -> str:
     return f"anon-{secrets.token_hex(8)}"
 
 
-async def _with_slots(
-    gw: Gateway, request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def _with_slots(gw: Gateway, request: web.Request, handler: Handler) -> web.StreamResponse:
     """Draining and connection caps: a slot on this server, and one of the user's slots on
     every instance (through the store), held for the whole life of the connection."""
     if gw.draining:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from qa_ws_cli.lazy import LazyTuple
 from qa_ws_cli.server.limits import HIT_FUNCTION, RateLimiter
 from qa_ws_cli.server.memory_limits import round_retry
 from qa_ws_cli.server.redis_batch import AutoPipeline
@@ -104,38 +105,18 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class StoredTurns(Sequence[tuple[str, str]]):
+class StoredTurns(LazyTuple[tuple[str, str]]):
     """The session's turns as the claim read them (each ``[question, answer]`` in JSON),
     parsed on first read: an agent that never looks at its history costs nothing for it."""
 
-    __slots__ = ("_raw", "_turns")
+    __slots__ = ("_raw",)
 
     def __init__(self, raw: list[bytes]) -> None:
+        super().__init__()
         self._raw = raw
-        self._turns: tuple[tuple[str, str], ...] | None = None
 
-    def _parsed(self) -> tuple[tuple[str, str], ...]:
-        if self._turns is None:
-            self._turns = parse_turns(self._raw)
-        return self._turns
-
-    def __len__(self) -> int:
-        return len(self._parsed())
-
-    @overload
-    def __getitem__(self, index: int) -> tuple[str, str]: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[tuple[str, str], ...]: ...
-    def __getitem__(self, index: int | slice) -> tuple[str, str] | tuple[tuple[str, str], ...]:
-        return self._parsed()[index]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence):
-            return self._parsed() == tuple(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._parsed())
+    def _make(self) -> tuple[tuple[str, str], ...]:
+        return parse_turns(self._raw)
 
 
 def parse_turns(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
