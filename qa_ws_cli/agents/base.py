@@ -66,9 +66,17 @@ async def text_pieces(items: AsyncIterator[Piece]) -> AsyncGenerator[str, None]:
 
 
 class Agent:
-    """Subclass and implement ``events`` (richest), ``stream`` or ``chat``."""
+    """Subclass and implement ``events`` (richest), ``stream`` or ``chat``; an agent that can
+    have a whole answer without waiting also implements ``answer_at_once``."""
 
     name: str = "agent"
+
+    def answer_at_once(self, message: str, context: ChatContext) -> str | None:
+        """The whole answer when the agent has it without waiting for anything (a canned
+        reply, a lookup, a cache hit), else None. The gateway asks it first: an answer here
+        costs no task, no timer and no event-loop round, and None goes on to ``events``.
+        It runs on the event loop, so it must not block; the default is None."""
+        return None
 
     async def chat(self, message: str, context: ChatContext | None = None) -> str:
         ctx = context or ChatContext()

@@ -83,5 +83,8 @@ class EchoAgent(Agent):
 
     name = "echo"
 
+    def answer_at_once(self, message: str, context: ChatContext) -> str:
+        return message
+
     async def chat(self, message: str, context: ChatContext | None = None) -> str:
         return message

@@ -20,7 +20,7 @@ from qa_ws_cli.server.connections import Connection, ConnectionManager
 from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
-from qa_ws_cli.server.runs import AgentRun
+from qa_ws_cli.server.runs import AgentRun, RunOutcome
 from qa_ws_cli.server.session_core import (
     CancelRemote,
     CancelRun,
@@ -113,7 +113,8 @@ class SessionDriver:
             elif isinstance(out, Claim):
                 await self.claim(local, out.chat_id)
             elif isinstance(out, StartRun):
-                self._start(local, out)
+                if not (self.runner.at_once and await self._answer_at_once(local, out)):
+                    self._start(local, out)
             elif isinstance(out, CancelRun):
                 self.background(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):
@@ -184,6 +185,29 @@ class SessionDriver:
     def _expire(self, local: LocalSession) -> None:
         self.spawn(local, local.core.tick(time.perf_counter()))
 
+    async def _answer_at_once(self, local: LocalSession, start: StartRun) -> bool:
+        """An agent's answer without waiting, in this step: no task, no timer. False when
+        there is none (or the chat has files to fetch first): it runs as a task then."""
+        if start.attachments:
+            return False
+        core = local.core
+        started = time.perf_counter()
+        fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
+        result = self.runner.answer_at_once(core, start, self.runner.context(core, start), fields)
+        if result is None:
+            return False
+        self.running += 1  # a drain waits for its answer to be kept
+        self.idle.clear()
+        try:
+            await self._settled(local, result)
+        finally:
+            self.running -= 1
+            if not self.running:
+                self.idle.set()
+            self.release(local)
+        self._log_chat(fields, start.chat_id, result, started)
+        return True
+
     async def _run(self, local: LocalSession, start: StartRun) -> None:
         core, chat_id = local.core, start.chat_id
         started = time.perf_counter()
@@ -192,11 +216,18 @@ class SessionDriver:
         fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
         try:
             result = await self.runner.answer(core, start, context, fields)
-            if result.latency_ms is not None:
-                self.metrics.chat_latency.observe(result.latency_ms / 1000)
-            await self.apply(local, result.outputs)
+            await self._settled(local, result)
         finally:
             self._finish(local, chat_id)
+        self._log_chat(fields, chat_id, result, started)
+
+    async def _settled(self, local: LocalSession, result: RunOutcome) -> None:
+        if result.latency_ms is not None:
+            self.metrics.chat_latency.observe(result.latency_ms / 1000)
+        await self.apply(local, result.outputs)
+
+    @staticmethod
+    def _log_chat(fields: dict[str, Any], chat_id: str, result: RunOutcome, started: float) -> None:
         latency = result.latency_ms or round((time.perf_counter() - started) * 1000, 1)
         log_event(
             chat_log,

@@ -60,6 +60,7 @@ class AgentRun:
         self.agent = agent
         self.on_first_piece = on_first_piece  # seconds from the chat_message to its first delta
         self.pieces = answers_in_pieces(agent)
+        self.at_once = type(agent).answer_at_once is not Agent.answer_at_once
         self.files = files
         self.signer = signer
         self.connection = connection
@@ -96,10 +97,21 @@ class AgentRun:
             extra["tools"] = summary
         if produced:
             extra["attachments"] = await self._keep(core.user, produced)
-        now = time.perf_counter()
-        latency = core.latency_ms(chat_id, now)
-        outputs = core.finished(chat_id, content, now, **extra)
-        return RunOutcome(outputs, "ok" if content else "agent_error", latency if content else None)
+        return _finished(core, chat_id, content, extra)
+
+    def answer_at_once(
+        self, core: SessionCore, start: StartRun, context: ChatContext, fields: dict[str, Any]
+    ) -> RunOutcome | None:
+        """The agent's ``answer_at_once``: its outcome, or None when it has no answer yet."""
+        chat_id = start.chat_id
+        try:
+            content = self.agent.answer_at_once(start.content, context)
+        except AgentError as exc:
+            return RunOutcome(self._agent_error(core, chat_id, exc, fields), exc.code, None)
+        except Exception:
+            log.exception("agent raised", extra={"fields": {**fields, "reply_to": chat_id}})
+            return RunOutcome(core.failed(chat_id, ErrorCode.AGENT_ERROR), "agent_error", None)
+        return None if content is None else _finished(core, chat_id, content, {})
 
     async def _ask(
         self,
@@ -186,6 +198,13 @@ class AgentRun:
             await asyncio.wait_for(self.agent.cancel(context), CANCEL_WAIT_S)
         except Exception:
             log.warning("the agent backend did not confirm a cancel", exc_info=True)
+
+
+def _finished(core: SessionCore, chat_id: str, content: str, extra: dict[str, Any]) -> RunOutcome:
+    now = time.perf_counter()
+    latency = core.latency_ms(chat_id, now)
+    outputs = core.finished(chat_id, content, now, **extra)
+    return RunOutcome(outputs, "ok" if content else "agent_error", latency if content else None)
 
 
 def _with_attachments(context: ChatContext, attachments: list[Attachment]) -> ChatContext:
