@@ -102,6 +102,9 @@ class ConnectionGuard:
 class GuardedHandler(web.RequestHandler):
     """aiohttp's handler, counted per client address and timed until its first request."""
 
+    # aiohttp's handler has slots; without these, each connection would carry a __dict__ too
+    __slots__ = ("guard", "address", "started", "unmasked_frame", "_deadline")
+
     def __init__(self, guard: ConnectionGuard, server: web.Server, **kwargs: Any) -> None:
         super().__init__(server, **kwargs)
         self.guard = guard
