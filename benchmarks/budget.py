@@ -37,19 +37,28 @@ from benchmarks.procs import Server
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("log", re.compile(r"\((logging/|qa_ws_cli/server/logs\.py)")),
     ("metrics", re.compile(r"\((prometheus_client/|qa_ws_cli/server/metrics\.py)")),
-    ("limit", re.compile(r"\((limits/|qa_ws_cli/server/limits\.py)")),
-    ("decode", re.compile(r"^decode_client |\(qa_ws_cli/protocol/events\.py")),
-    ("encode (build and serialize events)", re.compile(r"^encode |^BaseModel\.__init__ ")),
+    ("limit", re.compile(r"\((limits/|qa_ws_cli/server/(memory_)?limits\.py)")),
+    ("decode", re.compile(r"^decode_client ")),
+    (
+        "encode (build and serialize events)",
+        re.compile(r"^encode |^BaseModel\.__init__ |\(qa_ws_cli/protocol/events\.py"),
+    ),
     ("write", re.compile(r"Transport\.write |\(aiohttp/_websocket/writer|^WebSocketWriter\.")),
     (
         "redis client (redis-py, auto-pipelining)",
         re.compile(r"\((redis/|hiredis|qa_ws_cli/server/redis_batch\.py)"),
     ),
-    ("session", re.compile(r"\(qa_ws_cli/server/(sessions|store|redis_store|redis_sessions)\.py")),
+    (
+        "session (core, store)",
+        re.compile(r"\(qa_ws_cli/server/(session_core|session_store|store|redis_\w+)\.py"),
+    ),
     ("agent call", re.compile(r"\(qa_ws_cli/agents/")),
     ("auth", re.compile(r"\((qa_ws_cli/auth/|jwt/)")),
-    ("socket read, frame parse (aiohttp)", re.compile(r"_read_ready|\(aiohttp/")),
-    ("dispatch (chat handler, tasks, timers)", re.compile(r"\(qa_ws_cli/(?!cli/)")),
+    (
+        "socket read, frame parse (aiohttp, the mask check)",
+        re.compile(r"_read_ready|\(aiohttp/|\(qa_ws_cli/server/masking\.py"),
+    ),
+    ("dispatch (chat handler, driver, run)", re.compile(r"\(qa_ws_cli/(?!cli/)")),
 )
 OTHER = "event loop and the rest"
 STAGES = [stage for stage, _ in RULES] + [OTHER]

@@ -68,10 +68,28 @@ def test_a_sample_goes_to_the_stage_of_its_innermost_known_frame(tmp_path: Path)
         "command (qa_ws_cli/cli/serve.py:75);FrameHandler.on_text (qa_ws_cli/server/chat.py:2);"
         "decode_client (qa_ws_cli/protocol/codec.py:24);TypeAdapter.validate_json (x.py:1) 3\n"
         "command (qa_ws_cli/cli/serve.py:75);BaseEventLoop._run_once (asyncio/base_events.py:1) 5\n"
+        "FrameHandler.on_chat (qa_ws_cli/server/chat.py:9);MemoryStore.claim "
+        "(qa_ws_cli/server/store.py:1);MemoryRateLimiter.count "
+        "(qa_ws_cli/server/memory_limits.py:5) 2\n"
+        "SessionDriver.claim (qa_ws_cli/server/driver.py:1);SessionCore.claimed "
+        "(qa_ws_cli/server/session_core.py:2) 4\n"
+        "RequestHandler.data_received (aiohttp/web_protocol.py:1);MaskedFramesOnly.feed_data "
+        "(qa_ws_cli/server/masking.py:86) 6\n"
+        "SessionDriver.publish (qa_ws_cli/server/driver.py:1) 1\n"
         "not a stack line\n"
     )
     samples = budget.read_stacks(stacks)
-    assert samples == Counter({"log": 7, "decode": 3, budget.OTHER: 5})
+    assert samples == Counter(
+        {
+            "log": 7,
+            "decode": 3,
+            budget.OTHER: 5,
+            "limit": 2,
+            "session (core, store)": 4,
+            "socket read, frame parse (aiohttp, the mask check)": 6,
+            "dispatch (chat handler, driver, run)": 1,
+        }
+    )
 
 
 def test_ratios_are_paired_within_a_round() -> None:
