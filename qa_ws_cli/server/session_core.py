@@ -193,7 +193,7 @@ class SessionCore:
             self.attached = None
 
     def inflight(self, conn: str | None = None) -> int:
-        if conn is None:
+        if conn is None or not self.runs:  # no runs: the common case of every chat
             return len(self.runs)
         return sum(1 for run in self.runs.values() if run.origin == conn)
 
