@@ -187,10 +187,12 @@ class RateLimitedLog:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """aiohttp's access log with the query string's tokens redacted."""
+    """aiohttp's access log with the query string's tokens redacted. A WebSocket (101) gets
+    none: its ``connect`` and ``disconnect`` lines carry the same request id, and aiohttp would
+    write this one only at the disconnect, with the connection's whole life as ``ms``."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
+        if response.status == 101 or not self.logger.isEnabledFor(logging.INFO):
             return
         log_event(
             self.logger,

@@ -172,3 +172,23 @@ async def test_a_token_last_in_the_query_keeps_status_and_ms_in_the_access_line(
     assert lines and "token=[redacted]" in lines[0]
     assert "status=200" in lines[0] and "ms=" in lines[0]
     assert tok not in server.output()
+
+
+async def test_a_websocket_logs_connect_and_disconnect_and_no_access_line(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {issue_token(make_settings(tmp_path), 'alice')[0]}"}
+        async with http.ws_connect(server.url, headers=headers) as ws:
+            await ws.receive()
+        async with http.get(http_url(server) + "/healthz") as resp:
+            assert resp.status == 200
+    for _ in range(200):  # the access line of /healthz comes last
+        if [line for line in log_lines(server, " http ") if "/healthz" in line]:
+            break
+        await asyncio.sleep(0.05)
+    connects, disconnects = log_lines(server, " connect "), log_lines(server, " disconnect ")
+    assert len(connects) == len(disconnects) == 1
+    request_id = connects[0].split("request_id=")[1].split()[0]
+    assert f"request_id={request_id}" in disconnects[0]
+    assert not [line for line in log_lines(server, " http ") if "path=/ws" in line]
