@@ -100,7 +100,14 @@ def gateway_middleware(checks: Sequence[Check]) -> Middleware:
             request = outcome
         if request.path != WS_PATH:
             return await handler(request)
-        return await _with_slots(request.app[GATEWAY], request, handler)
+        gw = request.app[GATEWAY]
+        slot = await _take_slots(gw, request)
+        if not isinstance(slot, str):
+            return slot
+        try:  # held for the connection's whole life, in this frame: no other frame waits
+            return await handler(request)
+        finally:
+            await _give_back_slots(gw, request, slot)
 
     return middleware
 
@@ -272,9 +279,9 @@ async def _anonymous_user(gw: Gateway, request: web.Request) -> str:
     return f"anon-{secrets.token_hex(8)}"
 
 
-async def _with_slots(gw: Gateway, request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _take_slots(gw: Gateway, request: web.Request) -> web.StreamResponse | str:
     """Draining and connection caps: a slot on this server, and one of the user's slots on
-    every instance (through the store), held for the whole life of the connection."""
+    every instance (through the store); the user slot's key, or the refusal."""
     if gw.draining:
         return refusal(
             gw,
@@ -296,19 +303,26 @@ async def _with_slots(gw: Gateway, request: web.Request, handler: Handler) -> we
     user, key = request[CLAIMS].sub, f"{gw.instance}:{uuid.uuid4().hex[:12]}"
     max_per_user = gw.settings.server.max_connections_per_user
     try:
-        if not await gw.store.reserve_connection(user, key, max_per_user):
-            return refusal(
-                gw,
-                request,
-                429,
-                HandshakeError.TOO_MANY_CONNECTIONS,
-                f"at most {max_per_user} connections per user",
-                {hdrs.RETRY_AFTER: "5"},
-            )
-        request[SLOT] = key
-        try:
-            return await handler(request)
-        finally:
-            await gw.store.release_connection(user, key)
+        reserved = await gw.store.reserve_connection(user, key, max_per_user)
+    except BaseException:
+        gw.connections.release()
+        raise
+    if not reserved:
+        gw.connections.release()
+        return refusal(
+            gw,
+            request,
+            429,
+            HandshakeError.TOO_MANY_CONNECTIONS,
+            f"at most {max_per_user} connections per user",
+            {hdrs.RETRY_AFTER: "5"},
+        )
+    request[SLOT] = key
+    return key
+
+
+async def _give_back_slots(gw: Gateway, request: web.Request, key: str) -> None:
+    try:
+        await gw.store.release_connection(request[CLAIMS].sub, key)
     finally:
         gw.connections.release()
