@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import hmac
 import re
+import secrets
 import time
-import uuid
 from ipaddress import ip_address
 
 from aiohttp import WSMsgType, hdrs, web
@@ -25,7 +25,7 @@ from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
 CLOSE_READ_S = 2.0  # a closing peer that still sends is read (not reset) this long
-_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as new sessions are named
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # secrets.token_hex(16), as new sessions are named
 _OWN_CLOSES = frozenset(c.value for c in CloseCode if c >= 4000)  # the protocol's 4xxx codes
 
 
@@ -71,9 +71,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
     )
     conn = Connection(
-        ws, uuid.uuid4().hex[:16], claims, lim.send_queue_bytes, gw.overflowed, request.transport
+        ws, secrets.token_hex(8), claims, lim.send_queue_bytes, gw.overflowed, request.transport
     )
-    conn.session_id = session_id if resumed and session_id else uuid.uuid4().hex
+    conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
     conn.slot = request.get(SLOT, "")
     conn.remote = request.remote or ""
     started = time.monotonic()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
@@ -36,7 +35,7 @@ from qa_ws_cli.server.logs import log_event
 WS_PATH = "/ws"
 ADMIN_PREFIX = "/admin/"
 FILES_PATH = "/files"
-_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (uuid4().hex)
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (secrets.token_hex(16))
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("qa_ws.server")
 
@@ -114,7 +113,7 @@ def gateway_middleware(checks: Sequence[Check]) -> Middleware:
 
 async def request_id(request: web.Request) -> web.Request:
     given = request.headers.get("X-Request-ID", "")
-    request[REQUEST_ID] = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = given if _REQUEST_ID_RE.match(given) else secrets.token_hex(8)
     return request
 
 
@@ -300,7 +299,7 @@ async def _take_slots(gw: Gateway, request: web.Request) -> web.StreamResponse |
             "the server is at its connection limit",
             {hdrs.RETRY_AFTER: "5"},
         )
-    user, key = request[CLAIMS].sub, f"{gw.instance}:{uuid.uuid4().hex[:12]}"
+    user, key = request[CLAIMS].sub, f"{gw.instance}:{secrets.token_hex(6)}"
     max_per_user = gw.settings.server.max_connections_per_user
     try:
         reserved = await gw.store.reserve_connection(user, key, max_per_user)
