@@ -103,7 +103,7 @@ class GuardedHandler(web.RequestHandler):
     """aiohttp's handler, counted per client address and timed until its first request."""
 
     # aiohttp's handler has slots; without these, each connection would carry a __dict__ too
-    __slots__ = ("guard", "address", "started", "unmasked_frame", "_deadline")
+    __slots__ = ("_deadline", "address", "guard", "started", "unmasked_frame")
 
     def __init__(self, guard: ConnectionGuard, server: web.Server, **kwargs: Any) -> None:
         super().__init__(server, **kwargs)

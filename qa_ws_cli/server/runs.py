@@ -111,7 +111,13 @@ class AgentRun:
         except Exception:
             log.exception("agent raised", extra={"fields": {**fields, "reply_to": chat_id}})
             return RunOutcome(core.failed(chat_id, ErrorCode.AGENT_ERROR), "agent_error", None)
-        return None if content is None else _finished(core, chat_id, content, {})
+        if content is None:
+            return None
+        if not isinstance(content, str):  # a subclass's mistake must not reach the encoder
+            kind = type(content).__name__
+            log.warning("the agent answered at once with a %s", kind, extra={"fields": fields})
+            return RunOutcome(core.failed(chat_id, ErrorCode.AGENT_ERROR), "agent_error", None)
+        return _finished(core, chat_id, content, {})
 
     async def _ask(
         self,

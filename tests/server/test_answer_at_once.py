@@ -35,6 +35,8 @@ class Lookup(Agent):
             raise RuntimeError(SECRET)
         if message == "busy":
             raise AgentBusy()
+        if message == "number":
+            return 42  # type: ignore[return-value]  # a mistake the gateway must survive
         return f"known: {message}" if message.startswith("faq") else None
 
     async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
@@ -100,6 +102,8 @@ async def test_an_answer_at_once_that_raises_is_a_safe_error_and_the_session_goe
         assert SECRET not in str(error) and "RuntimeError" not in str(error)
         busy = await chat(ws, "m2", "busy")  # a protocol code passes with its safe message
         assert busy["code"] == "agent_busy"
+        number = await chat(ws, "m4", "number")
+        assert number["type"] == "error" and number["code"] == "agent_error"
         assert (await chat(ws, "m3", "faq ok"))["content"] == "known: faq ok"
     logged = [r for r in caplog.records if r.getMessage() == "agent raised"]
     assert len(logged) == 1 and logged[0].fields["connection"] == hello["connection_id"]  # type: ignore[attr-defined]
