@@ -96,6 +96,14 @@ class PythonAgent(Agent):
             self._target, self._build = built, None
             return built
 
+    def answer_at_once(self, message: str, context: ChatContext) -> str | None:
+        """A qa-ws ``Agent`` that an async factory built answers at once as it would alone; an
+        object's own method is called by ``events``, under the timeout."""
+        target = self._target
+        if self._build is None and isinstance(target, Agent):
+            return target.answer_at_once(message, context)
+        return None
+
     def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
         return text_pieces(self.events(message, context))
 

@@ -113,8 +113,9 @@ class SessionDriver:
             elif isinstance(out, Claim):
                 await self.claim(local, out.chat_id)
             elif isinstance(out, StartRun):
-                if not (self.runner.at_once and await self._answer_at_once(local, out)):
-                    self._start(local, out)
+                context = self.runner.context(local.core, out)
+                if not (self.runner.at_once and await self._answer_at_once(local, out, context)):
+                    self._start(local, out, context)
             elif isinstance(out, CancelRun):
                 self.background(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):
@@ -165,9 +166,9 @@ class SessionDriver:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def _start(self, local: LocalSession, start: StartRun) -> None:
+    def _start(self, local: LocalSession, start: StartRun, context: ChatContext) -> None:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(local, start))
+        task = loop.create_task(self._run(local, start, context))
         task.add_done_callback(lambda done: self._settle(local, start.chat_id, done))
         local.tasks[start.chat_id] = task
         local.timers[start.chat_id] = loop.call_later(self.limits.timeout_s, self._expire, local)
@@ -185,7 +186,9 @@ class SessionDriver:
     def _expire(self, local: LocalSession) -> None:
         self.spawn(local, local.core.tick(time.perf_counter()))
 
-    async def _answer_at_once(self, local: LocalSession, start: StartRun) -> bool:
+    async def _answer_at_once(
+        self, local: LocalSession, start: StartRun, context: ChatContext
+    ) -> bool:
         """An agent's answer without waiting, in this step: no task, no timer. False when
         there is none (or the chat has files to fetch first): it runs as a task then."""
         if start.attachments:
@@ -193,7 +196,7 @@ class SessionDriver:
         core = local.core
         started = time.perf_counter()
         fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
-        result = self.runner.answer_at_once(core, start, self.runner.context(core, start), fields)
+        result = self.runner.answer_at_once(core, start, context, fields)
         if result is None:
             return False
         self.running += 1  # a drain waits for its answer to be kept
@@ -208,10 +211,9 @@ class SessionDriver:
         self._log_chat(fields, start.chat_id, result, started)
         return True
 
-    async def _run(self, local: LocalSession, start: StartRun) -> None:
+    async def _run(self, local: LocalSession, start: StartRun, context: ChatContext) -> None:
         core, chat_id = local.core, start.chat_id
         started = time.perf_counter()
-        context = self.runner.context(core, start)
         local.contexts[chat_id] = context
         fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
         try:

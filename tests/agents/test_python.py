@@ -256,7 +256,11 @@ async def test_an_async_factory_runs_once_on_first_use() -> None:
 
 
 async def test_an_async_factory_may_build_a_qa_ws_agent() -> None:
-    assert await answer(build("async_factory_of_an_agent"), "ping") == ["ping"]
+    agent = build("async_factory_of_an_agent")
+    assert agent.answer_at_once("ping", CONTEXT) is None  # not built yet: the stream builds it
+    assert await answer(agent, "ping") == ["ping"]
+    assert agent.answer_at_once("pong", CONTEXT) == "pong"  # the built echo answers at once
+    assert build("plan_agent").answer_at_once("hi", CONTEXT) is None  # an object: its method
 
 
 @pytest.mark.parametrize("attr", ["async_factory_of_nothing", "async_factory_that_fails"])
