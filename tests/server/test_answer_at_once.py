@@ -27,6 +27,7 @@ class Lookup(Agent):
         self.asked_at_once: list[str] = []
         self.streamed: list[str] = []
         self.histories: list[int] = []
+        self.attached: list[int] = []  # how many files each streamed question carried
 
     def answer_at_once(self, message: str, context: ChatContext) -> str | None:
         self.asked_at_once.append(message)
@@ -41,6 +42,7 @@ class Lookup(Agent):
 
     async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
         self.streamed.append(message)
+        self.attached.append(len(context.attachments))
         yield "looked "
         yield "up"
 
@@ -89,6 +91,26 @@ async def test_no_answer_at_once_goes_on_to_the_agents_stream(
         assert [e["delta"] for e in events if e["type"] == "agent_delta"] == ["looked ", "up"]
         assert events[-1]["content"] == "looked up"
         assert agent.asked_at_once == agent.streamed == ["what is new"]
+
+
+async def test_a_chat_with_files_runs_as_a_task_and_its_agent_gets_them(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    agent = Lookup()
+    async with run_gateway(settings(tmp_path), agent) as gw:
+        form = aiohttp.FormData()
+        form.add_field("file", b"a log line\n", filename="run.log", content_type="text/plain")
+        headers = {"Authorization": f"Bearer {gw.token('alice')}"}
+        async with http.post(gw.http + "/files", data=form, headers=headers) as response:
+            assert response.status == 201, await response.text()
+            file_id = (await response.json())["file_id"]
+        ws, _ = await connect(http, gw)
+        await ws.send_json(
+            {"type": "chat_message", "id": "m1", "content": "faq one", "attachments": [file_id]}
+        )
+        events = await until(ws, answer_to("m1"))
+        assert events[-1]["content"] == "looked up"  # the files first: never answered at once
+        assert agent.asked_at_once == [] and agent.attached == [1]
 
 
 async def test_an_answer_at_once_that_raises_is_a_safe_error_and_the_session_goes_on(
