@@ -195,7 +195,7 @@ class SessionDriver:
             return False
         core = local.core
         started = time.perf_counter()
-        fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
+        fields = _chat_fields(core, start)
         result = self.runner.answer_at_once(core, start, context, fields)
         if result is None:
             return False
@@ -215,7 +215,7 @@ class SessionDriver:
         core, chat_id = local.core, start.chat_id
         started = time.perf_counter()
         local.contexts[chat_id] = context
-        fields = {"user": core.user, "connection": start.origin, "session": core.session_id}
+        fields = _chat_fields(core, start)
         try:
             result = await self.runner.answer(core, start, context, fields)
             await self._settled(local, result)
@@ -300,3 +300,8 @@ class SessionDriver:
             conn = self.connections.get(attached) if attached else None
             if conn is not None and not conn.closing:
                 yield local, conn
+
+
+def _chat_fields(core: SessionCore, start: StartRun) -> dict[str, Any]:
+    """Who asked, where: the fields of a chat's log lines (the answer's, an agent's error)."""
+    return {"user": core.user, "connection": start.origin, "session": core.session_id}
