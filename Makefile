@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget run-websocket run-websocket-demo test-websocket clean
+.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget perf-count run-websocket run-websocket-demo test-websocket clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ perf-quick: install-perf  ## the same, short rounds (under a minute)
 
 perf-budget: install-perf  ## CPU per chat by stage in qa-ws serve (py-spy and feature toggles, about 1.5 minutes)
 	$(BIN)/python -m benchmarks.budget $(ARGS)
+
+perf-count: install-perf  ## instructions per chat and handshake, counted by valgrind (about 2 minutes): repeatable on a busy machine
+	$(BIN)/python -m benchmarks.instructions $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov reports

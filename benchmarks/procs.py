@@ -95,9 +95,11 @@ def launch(name: str, cmd: list[str], env: dict[str, str], log: Path) -> Server:
     return Server(name, proc, "", log)
 
 
-def wait_ready(server: Server, pattern: str = r"listening on (ws://\S+)") -> Server:
-    """Wait (20 s at most) for ``pattern`` in the log; its group, if any, is the URL."""
-    deadline = time.monotonic() + 20
+def wait_ready(
+    server: Server, pattern: str = r"listening on (ws://\S+)", timeout_s: float = 20.0
+) -> Server:
+    """Wait (``timeout_s`` at most) for ``pattern`` in the log; its group, if any, is the URL."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and server.proc.poll() is None:
         found = re.search(pattern, server.log.read_text(errors="replace"))
         if found:
@@ -109,9 +111,10 @@ def wait_ready(server: Server, pattern: str = r"listening on (ws://\S+)") -> Ser
     raise RuntimeError(f"{server.name} did not start:\n{tail}")
 
 
-def reference(name: str, kind: str, loop: str, logs: Path) -> Server:
-    """A reference server from ``benchmarks.servers`` (not yet ready: see ``wait_ready``)."""
-    cmd = [sys.executable, "-m", "benchmarks.servers", kind, "--loop", loop]
+def reference(name: str, kind: str, loop: str, logs: Path, prefix: tuple[str, ...] = ()) -> Server:
+    """A reference server from ``benchmarks.servers`` (not yet ready: see ``wait_ready``);
+    ``prefix`` runs it under another program (valgrind)."""
+    cmd = [*prefix, sys.executable, "-m", "benchmarks.servers", kind, "--loop", loop]
     server = launch(name, cmd, dict(os.environ), logs / f"{name}.log")
     server.socketio = kind == "socketio"
     return server
@@ -140,11 +143,13 @@ def qa_ws(
     logs: Path,
     store_url: str | None = None,
     extra_env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> Server:
-    """``qa-ws serve`` (auth on, the installed console script), and its token being minted."""
+    """``qa-ws serve`` (auth on, the installed console script), and its token being minted;
+    ``prefix`` runs it under another program (valgrind)."""
     env = qa_ws_env(secrets.token_urlsafe(48), store_url) | (extra_env or {})
     cli = str(BIN / "qa-ws")
-    cmd = [cli, "serve", "--host", "127.0.0.1", "--port", "0", "--agent", agent]
+    cmd = [*prefix, cli, "serve", "--host", "127.0.0.1", "--port", "0", "--agent", agent]
     server = launch(name, cmd, env, logs / f"{name}.log")
     server.minting = subprocess.Popen(
         [cli, "token", "issue", "--sub", "perf", "--ttl", "1h"],

@@ -1,0 +1,177 @@
+"""``make perf-count``: instructions per chat and per handshake, counted, not timed.
+
+    python -m benchmarks.instructions [--seconds 4] [--rounds 2] [--connections 20]
+
+Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
+(start-up costs nothing), then on. For each round the counters are zeroed, the load generator
+runs, and the counters are dumped: the user-space instructions the server executed, divided by
+the chats (or handshakes) it answered. A count does not depend on what else the machine does:
+two rounds agree within about 2 %, where timed rounds on this shared machine swing by 2x, so a
+change worth a few per cent shows here before a timed A/B could tell it from noise.
+
+What it leaves out: the kernel's part of a chat (the ``recv`` and ``send`` system calls, the
+same for every server) and cache misses. The ratio to bare aiohttp is therefore harsher than
+the CPU-time ratio of ``make perf``, and it says nothing of latency. Servers run one at a time
+(counts need no alternation); valgrind runs them about 50 times slower, so rounds are short
+and the load is light (20 connections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import procs
+from benchmarks.perf import loadgen, uvloop_installed
+from benchmarks.procs import Server
+from benchmarks.report import LABELS
+
+START_S = 120.0  # qa-ws's imports under valgrind take about 10 s here; a loaded CI box, more
+_TOTAL = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+
+
+@dataclass
+class Counted:
+    name: str
+    loop: str
+    per_chat: list[float] = field(default_factory=list)
+    per_handshake: list[float] = field(default_factory=list)
+
+
+def valgrind() -> str:
+    binary = shutil.which("valgrind")
+    if binary is None:
+        raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
+    return binary
+
+
+def control(server: Server, *args: str) -> None:
+    """``callgrind_control`` on the server (valgrind's own vgdb link to the process)."""
+    done = subprocess.run(
+        ["callgrind_control", *args, str(server.pid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"callgrind_control {' '.join(args)} failed: {done.stderr[-500:]}")
+
+
+def dumped_total(folder: Path, name: str, before: set[Path], timeout_s: float = 30.0) -> int:
+    """The instruction total of the dump that appeared since ``before`` was listed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in set(folder.glob(f"callgrind.{name}.*")) - before:
+            found = _TOTAL.search(path.read_text(errors="replace"))
+            if found:
+                return int(found.group(1))
+        time.sleep(0.1)
+    raise RuntimeError(f"callgrind wrote no dump for {name}")
+
+
+def count(server: Server, folder: Path, mode: str, *extra: str) -> float:
+    """Instructions per unit (chat or handshake) over one load-generator run."""
+    before = set(folder.glob(f"callgrind.{server.name}.*"))
+    control(server, "--zero")
+    result = loadgen(server, mode, *extra, timeout=300)
+    control(server, "--dump")
+    units = int(result["chats"] if mode == "chat" else result["handshakes"])
+    if units == 0 or result.get("errors"):
+        raise RuntimeError(f"{server.name}: {units} {mode}s, {result.get('errors')} errors")
+    return dumped_total(folder, server.name, before) / units
+
+
+def start(name: str, folder: Path) -> Server:
+    prefix = (
+        valgrind(),
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={folder}/callgrind.{name}.%p",
+    )
+    if name.startswith("bare"):
+        loop = "uvloop" if name == "bare-uvloop" else "asyncio"
+        server = procs.reference(name, "bare", loop, folder, prefix=prefix)
+    else:
+        loop_env = {"WEBSOCKET_SERVER__EVENT_LOOP": "asyncio"} if name == "qa-ws-asyncio" else {}
+        server = procs.qa_ws(name, "echo", folder, extra_env=loop_env, prefix=prefix)
+    procs.wait_ready(server, timeout_s=START_S)
+    procs.collect_token(server)
+    control(server, "--instr=on")
+    return server
+
+
+def measure(name: str, folder: Path, rounds: int, seconds: float, width: int) -> Counted:
+    server = start(name, folder)
+    try:
+        counted = Counted(name, server.loop())
+        chat = ("--connections", str(width), "--seconds", str(seconds))
+        loadgen(server, "chat", *chat, timeout=300)  # warm-up: first-call paths, caches
+        shake = ("--connections", "2", "--seconds", str(seconds))
+        for _ in range(rounds):
+            counted.per_chat.append(count(server, folder, "chat", *chat))
+            counted.per_handshake.append(count(server, folder, "handshake", *shake))
+        return counted
+    finally:
+        server.stop()
+
+
+SERVERS = ("bare", "qa-ws-asyncio", "bare-uvloop", "qa-ws")
+
+
+def servers() -> list[str]:
+    return [n for n in SERVERS if uvloop_installed() or n in ("bare", "qa-ws-asyncio")]
+
+
+def render(results: list[Counted], rounds: int, seconds: float, width: int) -> str:
+    bare = {c.loop: c for c in results if c.name.startswith("bare")}
+
+    def cell(values: list[float], ref: list[float]) -> str:
+        mid, low, high = statistics.median(values), min(values), max(values)
+        share = statistics.median(ref) / mid if ref else 0.0
+        return f"{mid:,.0f} ({low:,.0f}-{high:,.0f}) | {share:.2f}"
+
+    lines = [
+        f"## Instructions (valgrind callgrind, user space): {width} connections chatting, "
+        f"2 handshaking, {rounds} round(s) of {seconds:g} s per server",
+        "| server | loop | instructions per chat (range) | bare's, same loop, as a share "
+        "| instructions per handshake (range) | bare's, same loop, as a share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in results:
+        ref = bare.get(c.loop)
+        chat = cell(c.per_chat, ref.per_chat if ref else [])
+        shake = cell(c.per_handshake, ref.per_handshake if ref else [])
+        lines.append(f"| {LABELS.get(c.name, c.name)} | {c.loop} | {chat} | {shake} |")
+    lines.append(
+        "\nA share is bare aiohttp's count over this server's: the throughput this server would "
+        "reach against bare's if both were bound by user-space instructions alone."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="per round and measure")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=20, help="chatting connections")
+    parser.add_argument("--only", nargs="+", choices=SERVERS, help="these servers only")
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 30 or not 0 < args.rounds <= 5 or not 0 < args.connections <= 200:
+        parser.error("--seconds in (0, 30], --rounds in (0, 5], --connections in (0, 200]")
+    folder = Path(tempfile.mkdtemp(prefix="qa-ws-count-"))
+    names = args.only or servers()
+    results = [measure(n, folder, args.rounds, args.seconds, args.connections) for n in names]
+    print(render(results, args.rounds, args.seconds, args.connections))
+    print(f"\ncallgrind dumps and server logs: {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""``make perf-count`` runs end to end on tiny rounds: real servers under real valgrind.
+
+Nothing about what a count is gets asserted beyond its being counted (chats answered, a dump
+read back): the figures belong to docs/performance.md, not to the suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("picows") is None:
+    if os.environ.get("QA_WS_REQUIRE_ALL") == "1":
+        raise ImportError("QA_WS_REQUIRE_ALL=1 but picows (the perf extra) is not installed")
+    pytest.skip("the perf extra is not installed (make install-perf)", allow_module_level=True)
+
+from benchmarks import instructions
+
+if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if os.environ.get("QA_WS_REQUIRE_ALL") == "1":
+        raise ImportError("QA_WS_REQUIRE_ALL=1 but valgrind is not installed")
+    pytest.skip("valgrind is not installed (apt-get install valgrind)", allow_module_level=True)
+
+
+@pytest.mark.timeout(240)
+def test_each_server_is_counted_per_chat_and_per_handshake(tmp_path: Path) -> None:
+    counted = [instructions.measure(name, tmp_path, 1, 0.5, 4) for name in ("bare", "qa-ws")]
+    for c in counted:
+        assert len(c.per_chat) == len(c.per_handshake) == 1
+        # a chat takes tens of thousands of instructions in any server: a count of a few
+        # (a dump read before the load ran) or of zero would be the harness failing
+        assert c.per_chat[0] > 10_000 and c.per_handshake[0] > 10_000, c
+    text = instructions.render(counted, 1, 0.5, 4)
+    assert "bare aiohttp (parse JSON, answer one event) | asyncio" in text
+    assert "qa-ws serve, full features, echo agent" in text
+    assert list(tmp_path.glob("callgrind.qa-ws.*"))  # the dumps stay with the logs
+
+
+def test_a_dump_is_read_back_as_its_instruction_total(tmp_path: Path) -> None:
+    (tmp_path / "callgrind.x.1.1").write_text("events: Ir\nfn=main\n0 5\nsummary: 123456\n")
+    assert instructions.dumped_total(tmp_path, "x", set()) == 123456
+    with pytest.raises(RuntimeError, match="no dump"):
+        instructions.dumped_total(tmp_path, "x", set(tmp_path.iterdir()), timeout_s=0.2)
