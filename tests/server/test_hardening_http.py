@@ -192,3 +192,33 @@ async def test_a_websocket_logs_connect_and_disconnect_and_no_access_line(
     request_id = connects[0].split("request_id=")[1].split()[0]
     assert f"request_id={request_id}" in disconnects[0]
     assert not [line for line in log_lines(server, " http ") if "path=/ws" in line]
+
+
+async def test_json_lines_carry_a_hostile_sub_intact_and_nothing_a_terminal_acts_on(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path, "--log-format", "json")
+    evil_sub = 'mallory\r\n{"level": "error"}\x1b[2J\x9b\u2028é'
+    tok = issue_token(make_settings(tmp_path), evil_sub)[0]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}) as ws,
+    ):
+        assert (await ws.receive_json(timeout=10))["user"] == evil_sub
+        await ws.send_json({"type": "chat_message", "id": "c1", "content": "hello"})
+        while (await ws.receive_json(timeout=10))["type"] != "agent_response":
+            pass  # the demo agent streams its pieces first
+    for _ in range(200):  # the disconnect line comes once the server saw the close
+        if log_lines(server, '"disconnect"'):
+            break
+        await asyncio.sleep(0.05)
+    output = server.output()
+    for raw in ("\x1b", "\x9b", "\u2028", "\r"):
+        assert raw not in output
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    by_event = {e["event"]: e for e in entries}
+    assert by_event["connect"]["user"] == by_event["disconnect"]["user"] == evil_sub
+    assert by_event["chat"]["reply_to"] == "c1" and by_event["chat"]["outcome"] == "ok"
+    assert by_event["chat"]["level"] == "info" and by_event["chat"]["latency_ms"] >= 0
+    assert "é" in output  # UTF-8, not \u00e9
+    assert tok not in output

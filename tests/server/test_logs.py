@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+from pathlib import Path
 
-from qa_ws_cli.server.logs import ConsoleFormatter, IterationBatchedHandler
+from qa_ws_cli.server.logs import ConsoleFormatter, IterationBatchedHandler, json_line
 
 
 class CountingStream(io.StringIO):
@@ -70,3 +72,18 @@ def test_a_console_line_escapes_every_control_character_of_message_and_values() 
     log.info("hello\x1b[2J", extra={"fields": {"user": "eve\nFAKE 00:00:00 INFO", "n": 3}})
     (line,) = stream.getvalue().splitlines()
     assert line.endswith("hello\\x1b[2J user=eve\\nFAKE 00:00:00 INFO n=3")
+
+
+def test_a_json_line_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
+    lone_surrogate, huge = "eve\ud800", 2**70  # a token's sub may carry one; ints are unbounded
+    for value in (lone_surrogate, huge, {"nested": [1.5, None, True]}, Path("/tmp/x")):
+        line = json_line({"event": "connect", "user": value})
+        assert "\n" not in line
+        decoded = json.loads(line)["user"]
+        assert decoded == (str(value) if isinstance(value, Path) else value)
+
+
+def test_a_json_line_escapes_c1_controls_and_line_separators_but_keeps_utf8() -> None:
+    line = json_line({"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3})
+    assert line.isprintable() and "é" in line
+    assert json.loads(line) == {"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3}
