@@ -5,9 +5,11 @@
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
 (start-up costs nothing), then on. For each round the counters are zeroed, the load generator
 runs, and the counters are dumped: the user-space instructions the server executed, divided by
-the chats (or handshakes) it answered. A count does not depend on what else the machine does:
-two rounds agree within about 2 %, where timed rounds on this shared machine swing by 2x, so a
-change worth a few per cent shows here before a timed A/B could tell it from noise.
+the chats (or handshakes) it answered. Two rounds of one run agree within about 1 %, where timed
+rounds on this shared machine swing by 2x, so a change worth a few per cent shows here before a
+timed A/B could tell it from noise. Separate runs differ more (up to about 8 % on a busier
+machine: fewer frames arrive per loop iteration, so each iteration's own work is shared by fewer
+chats): compare two builds or settings within one run.
 
 What it leaves out: the kernel's part of a chat (the ``recv`` and ``send`` system calls, the
 same for every server) and cache misses. The ratio to bare aiohttp is therefore harsher than
