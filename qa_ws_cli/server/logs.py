@@ -71,10 +71,10 @@ def json_line(entry: dict[str, Any]) -> str:
     """One JSON object on one line, UTF-8, with nothing a terminal would act on."""
     try:
         line = orjson.dumps(entry, default=str).decode()
-    except (orjson.JSONEncodeError, UnicodeDecodeError):
+    except orjson.JSONEncodeError:
         # what orjson refuses and the stdlib takes: a lone surrogate (a token's ``sub`` can
-        # carry one), an integer past 64 bits
-        return json.dumps(entry, default=str)  # ASCII: every non-ASCII character escaped
+        # carry one), an integer past 64 bits; ASCII, every non-ASCII character escaped
+        return json.dumps(entry, default=str, separators=(",", ":"))
     return line if line.isascii() else line.translate(_JSON_UNSAFE)
 
 

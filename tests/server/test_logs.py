@@ -78,7 +78,7 @@ def test_a_json_line_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
     lone_surrogate, huge = "eve\ud800", 2**70  # a token's sub may carry one; ints are unbounded
     for value in (lone_surrogate, huge, {"nested": [1.5, None, True]}, Path("/tmp/x")):
         line = json_line({"event": "connect", "user": value})
-        assert "\n" not in line
+        assert "\n" not in line and line.startswith('{"event":"connect","user":')
         decoded = json.loads(line)["user"]
         assert decoded == (str(value) if isinstance(value, Path) else value)
 
