@@ -1,6 +1,7 @@
 """``make perf-count``: instructions per chat and per handshake, counted, not timed.
 
     python -m benchmarks.instructions [--seconds 4] [--rounds 2] [--connections 20]
+        [--only qa-ws …] [--set NAME:WEBSOCKET_KEY=VALUE[,WEBSOCKET_KEY=VALUE…] …]
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
 (start-up costs nothing), then on. For each round the counters are zeroed, the load generator
@@ -9,7 +10,8 @@ the chats (or handshakes) it answered. Two rounds of one run agree within about 
 rounds on this shared machine swing by 2x, so a change worth a few per cent shows here before a
 timed A/B could tell it from noise. Separate runs differ more (up to about 8 % on a busier
 machine: fewer frames arrive per loop iteration, so each iteration's own work is shared by fewer
-chats): compare two builds or settings within one run.
+chats): compare settings within one run, each ``--set`` being one more ``qa-ws serve`` with
+those configuration variables (``--set log-warning:WEBSOCKET_LOGGING__LEVEL=WARNING``).
 
 What it leaves out: the kernel's part of a chat (the ``recv`` and ``send`` system calls, the
 same for every server) and cache misses. The ratio to bare aiohttp is therefore harsher than
@@ -39,10 +41,14 @@ START_S = 120.0  # qa-ws's imports under valgrind take about 10 s here; a loaded
 _TOTAL = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
+_VARIANT = re.compile(r"([a-z0-9][a-z0-9-]{0,30}):(WEBSOCKET_\w+=[^,]*(?:,WEBSOCKET_\w+=[^,]*)*)")
+
+
 @dataclass
 class Counted:
     name: str
     loop: str
+    label: str = ""
     per_chat: list[float] = field(default_factory=list)
     per_handshake: list[float] = field(default_factory=list)
 
@@ -91,7 +97,19 @@ def count(server: Server, folder: Path, mode: str, *extra: str) -> float:
     return dumped_total(folder, server.name, before) / units
 
 
-def start(name: str, folder: Path) -> Server:
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` (``--set``): a name, and qa-ws configuration variables."""
+    found = _VARIANT.fullmatch(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME:WEBSOCKET_KEY=VALUE[,WEBSOCKET_KEY=VALUE...], "
+            "NAME in lower case letters, digits and dashes"
+        )
+    pairs = (item.split("=", 1) for item in found.group(2).split(","))
+    return f"set-{found.group(1)}", {key: value for key, value in pairs}
+
+
+def start(name: str, folder: Path, env: dict[str, str] | None = None) -> Server:
     prefix = (
         valgrind(),
         "--tool=callgrind",
@@ -103,17 +121,28 @@ def start(name: str, folder: Path) -> Server:
         server = procs.reference(name, "bare", loop, folder, prefix=prefix)
     else:
         loop_env = {"WEBSOCKET_SERVER__EVENT_LOOP": "asyncio"} if name == "qa-ws-asyncio" else {}
-        server = procs.qa_ws(name, "echo", folder, extra_env=loop_env, prefix=prefix)
+        server = procs.qa_ws(name, "echo", folder, extra_env=loop_env | (env or {}), prefix=prefix)
     procs.wait_ready(server, timeout_s=START_S)
     procs.collect_token(server)
     control(server, "--instr=on")
     return server
 
 
-def measure(name: str, folder: Path, rounds: int, seconds: float, width: int) -> Counted:
-    server = start(name, folder)
+def measure(
+    name: str,
+    folder: Path,
+    rounds: int,
+    seconds: float,
+    width: int,
+    env: dict[str, str] | None = None,
+) -> Counted:
+    server = start(name, folder, env)
     try:
-        counted = Counted(name, server.loop())
+        label = LABELS.get(name, name)
+        if env:
+            settings = ", ".join(f"{k}={v}" for k, v in env.items())
+            label = f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
+        counted = Counted(name, server.loop(), label)
         chat = ("--connections", str(width), "--seconds", str(seconds))
         loadgen(server, "chat", *chat, timeout=300)  # warm-up: first-call paths, caches
         shake = ("--connections", "2", "--seconds", str(seconds))
@@ -137,8 +166,8 @@ def render(results: list[Counted], rounds: int, seconds: float, width: int) -> s
 
     def cell(values: list[float], ref: list[float]) -> str:
         mid, low, high = statistics.median(values), min(values), max(values)
-        share = statistics.median(ref) / mid if ref else 0.0
-        return f"{mid:,.0f} ({low:,.0f}-{high:,.0f}) | {share:.2f}"
+        share = f"{statistics.median(ref) / mid:.2f}" if ref else "-"  # bare not measured
+        return f"{mid:,.0f} ({low:,.0f}-{high:,.0f}) | {share}"
 
     lines = [
         f"## Instructions (valgrind callgrind, user space): {width} connections chatting, "
@@ -151,7 +180,7 @@ def render(results: list[Counted], rounds: int, seconds: float, width: int) -> s
         ref = bare.get(c.loop)
         chat = cell(c.per_chat, ref.per_chat if ref else [])
         shake = cell(c.per_handshake, ref.per_handshake if ref else [])
-        lines.append(f"| {LABELS.get(c.name, c.name)} | {c.loop} | {chat} | {shake} |")
+        lines.append(f"| {c.label or LABELS.get(c.name, c.name)} | {c.loop} | {chat} | {shake} |")
     lines.append(
         "\nA share is bare aiohttp's count over this server's: the throughput this server would "
         "reach against bare's if both were bound by user-space instructions alone."
@@ -165,12 +194,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=20, help="chatting connections")
     parser.add_argument("--only", nargs="+", choices=SERVERS, help="these servers only")
+    parser.add_argument(
+        "--set",
+        action="append",
+        type=variant,
+        default=[],
+        metavar="NAME:KEY=VALUE,…",
+        help="one more qa-ws serve with these WEBSOCKET_ variables (repeatable, at most 6)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 30 or not 0 < args.rounds <= 5 or not 0 < args.connections <= 200:
         parser.error("--seconds in (0, 30], --rounds in (0, 5], --connections in (0, 200]")
+    if len(args.set) > 6 or len({name for name, _ in args.set}) != len(args.set):
+        parser.error("at most 6 --set, each with a name of its own")
     folder = Path(tempfile.mkdtemp(prefix="qa-ws-count-"))
-    names = args.only or servers()
-    results = [measure(n, folder, args.rounds, args.seconds, args.connections) for n in names]
+    runs: list[tuple[str, dict[str, str] | None]] = [(n, None) for n in args.only or servers()]
+    runs += args.set
+    width = args.connections
+    results = [measure(n, folder, args.rounds, args.seconds, width, env) for n, env in runs]
     print(render(results, args.rounds, args.seconds, args.connections))
     print(f"\ncallgrind dumps and server logs: {folder}")
 

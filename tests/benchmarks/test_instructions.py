@@ -6,6 +6,7 @@ read back): the figures belong to docs/performance.md, not to the suite.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import shutil
@@ -29,6 +30,8 @@ if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None
 @pytest.mark.timeout(240)
 def test_each_server_is_counted_per_chat_and_per_handshake(tmp_path: Path) -> None:
     counted = [instructions.measure(name, tmp_path, 1, 0.5, 4) for name in ("bare", "qa-ws")]
+    quiet = {"WEBSOCKET_LOGGING__LEVEL": "WARNING"}
+    counted.append(instructions.measure("set-quiet", tmp_path, 1, 0.5, 4, quiet))
     for c in counted:
         assert len(c.per_chat) == len(c.per_handshake) == 1
         # a chat takes tens of thousands of instructions in any server: a count of a few
@@ -37,7 +40,31 @@ def test_each_server_is_counted_per_chat_and_per_handshake(tmp_path: Path) -> No
     text = instructions.render(counted, 1, 0.5, 4)
     assert "bare aiohttp (parse JSON, answer one event) | asyncio" in text
     assert "qa-ws serve, full features, echo agent" in text
+    assert "| qa-ws serve, quiet (WEBSOCKET_LOGGING__LEVEL=WARNING) | uvloop |" in text
     assert list(tmp_path.glob("callgrind.qa-ws.*"))  # the dumps stay with the logs
+    # each ran with its own settings: the variant logged no INFO line (no "connect")
+    assert " connect " in (tmp_path / "qa-ws.log").read_text()
+    assert " connect " not in (tmp_path / "set-quiet.log").read_text()
+
+
+def test_a_variant_is_a_name_and_websocket_variables_and_nothing_else() -> None:
+    name, env = instructions.variant("log-json:WEBSOCKET_LOGGING__FORMAT=json,WEBSOCKET_X=a=b")
+    assert (name, env) == (
+        "set-log-json",
+        {"WEBSOCKET_LOGGING__FORMAT": "json", "WEBSOCKET_X": "a=b"},
+    )
+    for bad in (
+        "nameless",
+        "Big:WEBSOCKET_A=1",
+        "x:PATH=/tmp",
+        "x:WEBSOCKET_A",
+        "x:",
+        ":WEBSOCKET_A=1",
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME:WEBSOCKET_KEY"):
+            instructions.variant(bad)
+    with pytest.raises(SystemExit):  # two variants of one name would share their dumps
+        instructions.main(["--set", "a:WEBSOCKET_A=1", "--set", "a:WEBSOCKET_B=2"])
 
 
 def test_a_dump_is_read_back_as_its_instruction_total(tmp_path: Path) -> None:
