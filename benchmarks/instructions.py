@@ -39,8 +39,6 @@ from benchmarks.report import LABELS
 
 START_S = 120.0  # qa-ws's imports under valgrind take about 10 s here; a loaded CI box, more
 _TOTAL = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
-
-
 _VARIANT = re.compile(r"([a-z0-9][a-z0-9-]{0,30}):(WEBSOCKET_\w+=[^,]*(?:,WEBSOCKET_\w+=[^,]*)*)")
 
 
@@ -48,7 +46,7 @@ _VARIANT = re.compile(r"([a-z0-9][a-z0-9-]{0,30}):(WEBSOCKET_\w+=[^,]*(?:,WEBSOC
 class Counted:
     name: str
     loop: str
-    label: str = ""
+    label: str  # the report's row: the server, and the settings of a --set variant
     per_chat: list[float] = field(default_factory=list)
     per_handshake: list[float] = field(default_factory=list)
 
@@ -180,7 +178,7 @@ def render(results: list[Counted], rounds: int, seconds: float, width: int) -> s
         ref = bare.get(c.loop)
         chat = cell(c.per_chat, ref.per_chat if ref else [])
         shake = cell(c.per_handshake, ref.per_handshake if ref else [])
-        lines.append(f"| {c.label or LABELS.get(c.name, c.name)} | {c.loop} | {chat} | {shake} |")
+        lines.append(f"| {c.label} | {c.loop} | {chat} | {shake} |")
     lines.append(
         "\nA share is bare aiohttp's count over this server's: the throughput this server would "
         "reach against bare's if both were bound by user-space instructions alone."
