@@ -2,6 +2,7 @@
 
     python -m benchmarks.instructions [--seconds 4] [--rounds 2] [--connections 20]
         [--only qa-ws …] [--set NAME:WEBSOCKET_KEY=VALUE[,WEBSOCKET_KEY=VALUE…] …]
+        [--against REV …]
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
 (start-up costs nothing), then on. For each round the counters are zeroed, the load generator
@@ -11,7 +12,9 @@ rounds on this shared machine swing by 2x, so a change worth a few per cent show
 timed A/B could tell it from noise. Separate runs differ more (up to about 8 % on a busier
 machine: fewer frames arrive per loop iteration, so each iteration's own work is shared by fewer
 chats): compare settings within one run, each ``--set`` being one more ``qa-ws serve`` with
-those configuration variables (``--set log-warning:WEBSOCKET_LOGGING__LEVEL=WARNING``).
+those configuration variables (``--set log-warning:WEBSOCKET_LOGGING__LEVEL=WARNING``), each
+``--against`` one more with the code of a git revision (``--against HEAD~1``: a change's own
+before and after, in one run).
 
 What it leaves out: the kernel's part of a chat (the ``recv`` and ``send`` system calls, the
 same for every server) and cache misses. The ratio to bare aiohttp is therefore harsher than
@@ -23,6 +26,7 @@ and the load is light (20 connections).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -107,6 +111,42 @@ def variant(text: str) -> tuple[str, dict[str, str]]:
     return f"set-{found.group(1)}", {key: value for key, value in pairs}
 
 
+def checkout(rev: str, folder: Path) -> tuple[str, dict[str, str], str]:
+    """The package as it was at ``rev`` (``git archive``, no worktree to clean up): a run's
+    name, the environment that imports it before the working tree's, and its row label."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if sha.returncode != 0:
+        raise RuntimeError(f"--against {rev}: not a revision of this repository")
+    short = sha.stdout.strip()
+    tree = folder / f"rev-{short}"
+    tree.mkdir(exist_ok=True)  # HEAD and its sha: one tree, measured twice
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", short, "qa_ws_cli"],
+        cwd=procs.ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    env = {"PYTHONPATH": str(tree)}  # before the editable install's path entry
+    imported = subprocess.run(  # -P: no script folder first, as for the console script
+        [str(procs.BIN / "python"), "-P", "-c", "import qa_ws_cli; print(qa_ws_cli.__file__)"],
+        cwd=procs.ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not imported.startswith(str(tree)):  # else the row would measure the working tree
+        raise RuntimeError(f"--against {rev}: the server would import {imported}")
+    return f"rev-{short}", env, f"qa-ws serve at {rev} ({short})"
+
+
 def start(name: str, folder: Path, env: dict[str, str] | None = None) -> Server:
     prefix = (
         valgrind(),
@@ -133,13 +173,14 @@ def measure(
     seconds: float,
     width: int,
     env: dict[str, str] | None = None,
+    label: str | None = None,
 ) -> Counted:
     server = start(name, folder, env)
     try:
-        label = LABELS.get(name, name)
-        if env:
+        if label is None and env:
             settings = ", ".join(f"{k}={v}" for k, v in env.items())
             label = f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
+        label = label or LABELS.get(name, name)
         counted = Counted(name, server.loop(), label)
         chat = ("--connections", str(width), "--seconds", str(seconds))
         loadgen(server, "chat", *chat, timeout=300)  # warm-up: first-call paths, caches
@@ -200,16 +241,30 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME:KEY=VALUE,…",
         help="one more qa-ws serve with these WEBSOCKET_ variables (repeatable, at most 6)",
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="one more qa-ws serve with the package of this git revision (at most 2)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 30 or not 0 < args.rounds <= 5 or not 0 < args.connections <= 200:
         parser.error("--seconds in (0, 30], --rounds in (0, 5], --connections in (0, 200]")
     if len(args.set) > 6 or len({name for name, _ in args.set}) != len(args.set):
         parser.error("at most 6 --set, each with a name of its own")
+    if len(args.against) > 2:
+        parser.error("at most 2 --against")
     folder = Path(tempfile.mkdtemp(prefix="qa-ws-count-"))
-    runs: list[tuple[str, dict[str, str] | None]] = [(n, None) for n in args.only or servers()]
-    runs += args.set
+    runs: list[tuple[str, dict[str, str] | None, str | None]] = [
+        (n, None, None) for n in args.only or servers()
+    ]
+    runs += [(name, env, None) for name, env in args.set]
+    runs += [checkout(rev, folder) for rev in dict.fromkeys(args.against)]
     width = args.connections
-    results = [measure(n, folder, args.rounds, args.seconds, width, env) for n, env in runs]
+    results = [
+        measure(n, folder, args.rounds, args.seconds, width, env, label) for n, env, label in runs
+    ]
     print(render(results, args.rounds, args.seconds, args.connections))
     print(f"\ncallgrind dumps and server logs: {folder}")
 

@@ -72,3 +72,13 @@ def test_a_dump_is_read_back_as_its_instruction_total(tmp_path: Path) -> None:
     assert instructions.dumped_total(tmp_path, "x", set()) == 123456
     with pytest.raises(RuntimeError, match="no dump"):
         instructions.dumped_total(tmp_path, "x", set(tmp_path.iterdir()), timeout_s=0.2)
+
+
+def test_against_a_revision_runs_that_revisions_package(tmp_path: Path) -> None:
+    name, env, label = instructions.checkout("HEAD", tmp_path)
+    tree = Path(env["PYTHONPATH"])
+    assert name == tree.name and name.startswith("rev-") and label.startswith("qa-ws serve at HEAD")
+    assert (tree / "qa_ws_cli" / "cli" / "main.py").is_file()  # the package, as committed
+    assert not (tree / "tests").exists()  # nothing else of the repository
+    with pytest.raises(RuntimeError, match="not a revision"):
+        instructions.checkout("no-such-revision", tmp_path)
