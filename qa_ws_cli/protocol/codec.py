@@ -6,6 +6,10 @@ A key given twice in one object is ``invalid_json``: pydantic-core and ``json`` 
 last one, so ``{"type": "ping", "type": "chat_message"}`` would be read as a chat by one parser
 and perhaps a ping by the next. The check is a second pass with the C ``json`` decoder (about
 2-3 us for a chat-sized frame), only once the frame has validated.
+
+``encode`` serializes any event model; ``encode_fields`` writes the same text for the frames of
+every chat and handshake (the answer, a delta, a pong, ``connected``) straight from the values
+the server made, without building the model.
 """
 
 from __future__ import annotations
@@ -14,11 +18,21 @@ import json
 import re
 from typing import Any
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from qa_ws_cli.errors import ProtocolError
 from qa_ws_cli.protocol.codes import ErrorCode
-from qa_ws_cli.protocol.events import ID_PATTERN, ClientEvent, ServerEvent
+from qa_ws_cli.protocol.events import (
+    ID_PATTERN,
+    AgentDelta,
+    AgentResponse,
+    ClientEvent,
+    Pong,
+    ServerEvent,
+    SystemEvent,
+    utc_timestamp,
+)
 
 _client_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 _server_adapter: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
@@ -94,3 +108,22 @@ def encode(event: Any) -> str:
     """One event -> one text frame; absent optional fields are left out."""
     text: str = event.model_dump_json(exclude_none=True)
     return text
+
+
+FastEvent = type[AgentResponse] | type[AgentDelta] | type[Pong] | type[SystemEvent]
+_TYPE_OF: dict[FastEvent, str] = {
+    kind: kind.model_fields["type"].default
+    for kind in (AgentResponse, AgentDelta, Pong, SystemEvent)
+}
+
+
+def encode_fields(kind: FastEvent, **fields: Any) -> str:
+    """``encode(kind(**fields))``, the same text (tests pin it), for fields the server made:
+    each of its field's type, none of them None, given in the model's order. Building and
+    dumping the model takes about 34,000 instructions for an answer and 65,000 for
+    ``connected``; this, about a tenth. What orjson refuses (a lone surrogate in an agent's
+    text) goes through the model, which reports it as it always did."""
+    try:
+        return orjson.dumps({"ts": utc_timestamp(), "type": _TYPE_OF[kind], **fields}).decode()
+    except orjson.JSONEncodeError:
+        return encode(kind(**fields))

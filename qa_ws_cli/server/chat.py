@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from qa_ws_cli.errors import ProtocolError
-from qa_ws_cli.protocol.codec import decode_client, encode
+from qa_ws_cli.protocol.codec import decode_client, encode_fields
 from qa_ws_cli.protocol.codes import CloseCode, ErrorCode
 from qa_ws_cli.protocol.events import Cancel, ChatMessage, Ping, Pong
 from qa_ws_cli.server.connections import Connection
@@ -66,7 +66,7 @@ class FrameHandler:
 
     async def on_ping(self, conn: Connection, event: Ping) -> None:
         self.metrics.frames_ping.inc()
-        conn.send(encode(Pong(reply_to=event.id)))
+        conn.send(encode_fields(Pong, reply_to=event.id))
 
     async def on_cancel(self, conn: Connection, event: Cancel) -> None:
         self.metrics.frames_cancel.inc()

@@ -12,7 +12,7 @@ from ipaddress import ip_address
 
 from aiohttp import WSMsgType, hdrs, web
 
-from qa_ws_cli.protocol.codec import encode
+from qa_ws_cli.protocol.codec import encode_fields
 from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.connections import Connection
@@ -119,17 +119,16 @@ async def _open(
     closes = local.core.attach(conn.id)
     replay = record.frames if record is not None and record.frames is not None else []
     conn.send(
-        encode(
-            SystemEvent(
-                event="connected",
-                session_id=conn.session_id,
-                connection_id=conn.id,
-                user=conn.user,
-                resumed=record is not None,
-                replayed=len(replay),
-                server=gw.server_info,
-                limits=gw.limits_info,
-            )
+        encode_fields(
+            SystemEvent,
+            event="connected",
+            session_id=conn.session_id,
+            connection_id=conn.id,
+            user=conn.user,
+            resumed=record is not None,
+            replayed=len(replay),
+            server=gw.server_info,
+            limits=gw.limits_info,
         )
     )
     for frame in replay:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qa_ws_cli.protocol.codec import encode
+from qa_ws_cli.protocol.codec import encode, encode_fields
 from qa_ws_cli.protocol.codes import CloseCode, ErrorCode
 from qa_ws_cli.protocol.events import (
     AgentDelta,
@@ -290,7 +290,7 @@ class SessionCore:
         """A piece of the answer, live to the attached connection (deltas are not kept)."""
         if not text or self.attached is None or chat_id not in self.runs:
             return None
-        return SendFrame(self.attached, encode(AgentDelta(reply_to=chat_id, delta=text)))
+        return SendFrame(self.attached, encode_fields(AgentDelta, reply_to=chat_id, delta=text))
 
     def live(self, chat_id: str, frame: str) -> list[Output]:
         """A non-replayable frame about a run (an ``agent_event``) for the attached connection."""
@@ -306,9 +306,11 @@ class SessionCore:
         if not content:
             return [self._publish_error(chat_id, ErrorCode.AGENT_ERROR)]
         latency_ms = round((now - run.started) * 1000, 1)
-        body = encode(
-            AgentResponse(reply_to=chat_id, content=content, latency_ms=latency_ms, **extra)
-        )
+        fields = {"reply_to": chat_id, "content": content, "latency_ms": latency_ms}
+        if extra or type(content) is not str:  # tools, files; or not text, which the model refuses
+            body = encode(AgentResponse(**fields, **extra))
+        else:
+            body = encode_fields(AgentResponse, **fields)
         return [
             Publish(body, chat_id, answer=True, turn=(run.content, content), release=True),
         ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import pytest
+from pydantic_core import PydanticSerializationError
 
 from qa_ws_cli.errors import ProtocolError
 from qa_ws_cli.protocol import (
@@ -21,6 +24,7 @@ from qa_ws_cli.protocol import (
     encode,
     utc_timestamp,
 )
+from qa_ws_cli.protocol.codec import encode_fields
 
 
 @pytest.mark.parametrize(
@@ -120,3 +124,57 @@ def test_error_names_the_missing_field() -> None:
 def test_decode_server_rejects_garbage() -> None:
     with pytest.raises(ProtocolError):
         decode_server('{"type": "nope"}')
+
+
+_TRICKY = [
+    "echo: hello",
+    'quotes " and \\ backslashes',
+    "controls \x00\x01\x1f\x7f\n\r\t and C1 \x85",
+    "é, 漢字, 😀, U+2028 \u2028 and U+2029 \u2029",
+    "</script><script>alert(1)</script>",
+    "x" * 9000,
+]
+_TS = re.compile(r'^\{"ts":"[^"]+",')
+
+
+def _without_ts(text: str) -> str:
+    assert _TS.match(text), text
+    return _TS.sub("{", text, count=1)
+
+
+@pytest.mark.parametrize("text", _TRICKY)
+def test_encode_fields_writes_what_the_model_writes(text: str) -> None:
+    """The frames of every chat, delta, ping and handshake skip the model: byte for byte the
+    same text (bar the timestamp's milliseconds), key order included."""
+    limits = {"max_message_bytes": 65536, "max_requests_per_minute": None, "heartbeat_s": 20.0}
+    cases: list[tuple[type[Any], dict[str, Any]]] = [
+        (AgentResponse, {"reply_to": "c-1", "content": text, "latency_ms": 12.3}),
+        (AgentResponse, {"reply_to": "c-1", "content": text, "latency_ms": 0.0}),
+        (AgentDelta, {"reply_to": "c:2", "delta": text}),
+        (Pong, {"reply_to": "p.1"}),
+        (
+            SystemEvent,
+            {
+                "event": "connected",
+                "session_id": "0" * 32,
+                "connection_id": "f" * 16,
+                "user": text,
+                "resumed": False,
+                "replayed": 3,
+                "server": {"name": text, "instance": "i-1", "version": "0.1", "protocol": 1},
+                "limits": limits,
+            },
+        ),
+    ]
+    for kind, fields in cases:
+        fast = encode_fields(kind, **fields)
+        assert _without_ts(fast) == _without_ts(encode(kind(**fields))), kind
+        assert decode_server(fast) == kind(**fields, ts=json.loads(fast)["ts"])
+
+
+def test_encode_fields_hands_what_orjson_refuses_to_the_model() -> None:
+    """A lone surrogate (an agent's broken text) is refused as the model always refused it."""
+    with pytest.raises(PydanticSerializationError):
+        encode_fields(AgentDelta, reply_to="c-1", delta="half \ud800 a pair")
+    with pytest.raises(PydanticSerializationError):
+        encode(AgentDelta(reply_to="c-1", delta="half \ud800 a pair"))
