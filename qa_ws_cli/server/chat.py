@@ -46,7 +46,8 @@ class FrameHandler:
         }
 
     async def on_text(self, conn: Connection, text: str) -> None:
-        if await self.over_budget(conn):
+        if self.over_budget(conn):
+            await self._refuse_frame(conn)
             return
         try:
             event = decode_client(text)
@@ -57,7 +58,8 @@ class FrameHandler:
         await self._dispatch[type(event)](conn, event)
 
     async def on_binary(self, conn: Connection) -> None:
-        if await self.over_budget(conn):
+        if self.over_budget(conn):
+            await self._refuse_frame(conn)
             return
         self.metrics.frames_bad.inc()
         await self._error(
@@ -113,19 +115,20 @@ class FrameHandler:
             log_event(log, "abuse", logging.WARNING, user=conn.user, connection=conn.id)
             conn.start_close(CloseCode.POLICY_VIOLATION, "too many rate-limited messages")
 
-    async def over_budget(self, conn: Connection) -> bool:
+    def over_budget(self, conn: Connection) -> bool:
         """The per-connection frame budget, over every frame type: past
-        ``limits.max_frames_per_second`` a frame is answered ``rate_limited`` and not read."""
+        ``limits.max_frames_per_second`` a frame is answered ``rate_limited`` and not read.
+        A plain call (the check of every frame); only a refusal awaits."""
         now = int(time.monotonic())
         if now != conn.frame_window:
             conn.frame_window, conn.frames_in_window = now, 0
         conn.frames_in_window += 1
-        if conn.frames_in_window <= self.max_frames_per_second:
-            return False
+        return conn.frames_in_window > self.max_frames_per_second
+
+    async def _refuse_frame(self, conn: Connection) -> None:
         self.metrics.frames_over_budget.inc()
         await self._error(conn, ErrorCode.RATE_LIMITED, "too many frames; slow down", None, 1.0)
         await self._rejected(conn)
-        return True
 
     async def _error(
         self,
