@@ -116,6 +116,29 @@ def test_bad_frames_get_their_error_code(frame: str, code: str, reply_to: str | 
     assert caught.value.message
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "ping", "id": "a", "type": "chat_message", "content": "x"}',
+        ' \n\t{"type": "ping", "id": "a", "id": "b"}',  # after whitespace, the other decoder
+        '{"type": "ping", "id": "a", "extra": {"k": 1, "k": 2}}',  # in a nested object
+        '{"type": "ping", "id": "a", "extra": [{"k": 1}, {"k": 2, "\\u006b": 3}]}',  # escaped
+        '{"type": "ping", "\\u0069d": "a", "id": "b"}',
+    ],
+)
+def test_a_key_twice_in_any_object_is_invalid_json(frame: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert caught.value.code == "invalid_json"
+    assert "twice" in caught.value.message
+    assert caught.value.reply_to is None  # which of the two ids would it be?
+
+
+def test_one_key_in_two_objects_and_leading_whitespace_are_fine() -> None:
+    assert decode_client('{"type":"ping","id":"a","x":{"id":1},"y":[{"id":2}]}') == Ping(id="a")
+    assert decode_client(' \r\n {"type": "ping", "id": "a"} \n') == Ping(id="a")
+
+
 def test_error_names_the_missing_field() -> None:
     with pytest.raises(ProtocolError, match="content"):
         decode_client('{"type": "chat_message", "id": "a"}')
