@@ -53,18 +53,49 @@ def redact(text: str) -> str:
     return text
 
 
-class JsonFormatter(logging.Formatter):
+class EventFormatter(logging.Formatter):
+    """A line from a record's parts: ``line`` is shared by ``format`` (any record) and by
+    ``log_event``'s direct path, which has the parts without a record."""
+
     def format(self, record: logging.LogRecord) -> str:
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        fields = getattr(record, "fields", {})
+        parts = (record.created, record.levelname, record.name, record.getMessage(), fields)
+        return redact(self.line(*parts, exc))
+
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        fields: dict[str, Any],
+        exc: str | None = None,
+    ) -> str:
+        """The line before redaction."""
+        raise NotImplementedError
+
+
+class JsonFormatter(EventFormatter):
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        fields: dict[str, Any],
+        exc: str | None = None,
+    ) -> str:
         entry: dict[str, Any] = {
-            "ts": utc_timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
+            "ts": utc_timestamp(created),
+            "level": levelname.lower(),
+            "logger": name,
+            "event": message,
         }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return redact(json_line(entry))
+        entry.update(fields)
+        if exc is not None:
+            entry["exc"] = exc
+        return json_line(entry)
 
 
 def json_line(entry: dict[str, Any]) -> str:
@@ -78,24 +109,30 @@ def json_line(entry: dict[str, Any]) -> str:
     return line if line.isascii() else line.translate(_JSON_UNSAFE)
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(EventFormatter):
     def __init__(self) -> None:
         super().__init__()
         self._second = -1
         self._stamp = ""
 
-    def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def line(
+        self,
+        created: float,
+        levelname: str,
+        name: str,
+        message: str,
+        fields: dict[str, Any],
+        exc: str | None = None,
+    ) -> str:
+        second = int(created)
         if second != self._second:  # one strftime a second, not one a line
             self._second, self._stamp = second, time.strftime("%H:%M:%S", time.localtime(second))
-        fields = " ".join([f"{k}={v}" for k, v in getattr(record, "fields", {}).items()])
+        values = " ".join([f"{k}={v}" for k, v in fields.items()])
         # one escape of the whole line: it changes control characters only, so this is the
         # same as escaping the message and each value, for one call instead of one a field
-        text = escape_controls(f"{record.getMessage()} {fields}".rstrip())
-        line = f"{self._stamp} {record.levelname:<7} {text}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return redact(line)
+        text = escape_controls(f"{message} {values}".rstrip())
+        line = f"{self._stamp} {levelname:<7} {text}"
+        return line if exc is None else f"{line}\n{exc}"
 
 
 class IterationBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -122,6 +159,22 @@ class IterationBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING or not self._schedule():
             self.flush()
 
+    def emit_event(
+        self, formatter: EventFormatter, level: int, name: str, message: str, fields: dict[str, Any]
+    ) -> bool:
+        """``emit`` of the record ``log_event`` would have made, without making it; False
+        (nothing written) if the line cannot be formatted: the record path then reports it."""
+        levelname = logging.getLevelName(level)
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            try:
+                line = redact(formatter.line(time.time(), levelname, name, message, fields))
+            except Exception:
+                return False
+            self._pending.append(line + self.terminator)
+            if level >= logging.WARNING or not self._schedule():
+                self.flush()
+        return True
+
     def _schedule(self) -> bool:
         if self._scheduled:
             return True
@@ -145,8 +198,12 @@ class IterationBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 pass  # as logging does for a failed write: the server carries on
 
 
+_direct: list[IterationBatchedHandler] = []  # the handler configure_logging installed
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     handler = IterationBatchedHandler(sys.stderr)
+    _direct[:] = [handler]
     handler.setFormatter(JsonFormatter() if settings.format == "json" else ConsoleFormatter())
     # the logging HOWTO's "Optimization" advice: a server needs no caller frame, thread or
     # process name on each record, and collecting them is most of a record's cost
@@ -160,8 +217,47 @@ def configure_logging(settings: LoggingSettings) -> None:
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    if logger.isEnabledFor(level):
+    """One structured line. While the logging tree is the one ``configure_logging`` set up
+    (one handler, ours, on the root; no filter; the default record factory), the line goes
+    straight to that handler: what ``logging`` would have written, without the record and the
+    call chain to reach it, which cost more than the line itself. Anything added by somebody
+    else (a handler, a filter, a record factory: pytest's ``caplog``, say) and every record
+    goes through ``logging`` again."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct_handler(logger, level)
+    if handler is None or not handler.emit_event(
+        handler.formatter,  # type: ignore[arg-type]  # checked by _direct_handler
+        level,
+        logger.name,
+        event,
+        fields,
+    ):
         logger.log(level, event, extra={"fields": fields})
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> IterationBatchedHandler | None:
+    """Our handler, if a record of ``logger`` at ``level`` would reach it alone, unchanged."""
+    if not _direct or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    handler = _direct[0]
+    if (
+        handler.filters
+        or level < handler.level
+        or not isinstance(handler.formatter, EventFormatter)
+    ):
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        if node.handlers:  # the first logger with handlers must be the root, with ours only
+            root = node is logging.root and len(node.handlers) == 1
+            return handler if root and node.handlers[0] is handler else None
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
 
 
 class RateLimitedLog:

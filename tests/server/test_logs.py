@@ -6,9 +6,21 @@ import asyncio
 import io
 import json
 import logging
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from qa_ws_cli.server.logs import ConsoleFormatter, IterationBatchedHandler, json_line
+import pytest
+
+from qa_ws_cli.config import LoggingSettings
+from qa_ws_cli.server.logs import (
+    ConsoleFormatter,
+    IterationBatchedHandler,
+    configure_logging,
+    json_line,
+    log_event,
+)
 
 
 class CountingStream(io.StringIO):
@@ -87,3 +99,94 @@ def test_a_json_line_escapes_c1_controls_and_line_separators_but_keeps_utf8() ->
     line = json_line({"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3})
     assert line.isprintable() and "é" in line
     assert json.loads(line) == {"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3}
+
+
+@pytest.fixture
+def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], io.StringIO]]:
+    """``configure_logging`` into a string, and the logging tree as it was afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogRecordFactory())
+    saved_flags = (logging._srcfile, logging.logThreads, logging.logProcesses)
+
+    def configure(log_format: str) -> io.StringIO:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging(LoggingSettings(format=log_format))
+        return stream
+
+    yield configure
+    root.handlers[:], _, factory = saved
+    root.setLevel(saved[1])
+    logging.setLogRecordFactory(factory)
+    logging._srcfile, logging.logThreads, logging.logProcesses = saved_flags
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _same_line(direct: str, through_logging: str, log_format: str) -> None:
+    if log_format == "json":
+        one, two = json.loads(direct), json.loads(through_logging)
+        assert one.pop("ts")[:10] == two.pop("ts")[:10]  # the day; the milliseconds differ
+        assert list(one.items()) == list(two.items())  # order included
+    else:
+        assert direct.split(" ", 1)[1] == through_logging.split(" ", 1)[1]  # bar the time
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_log_event_writes_what_logging_writes_and_yields_to_anything_added(
+    configured: Callable[[str], io.StringIO], log_format: str
+) -> None:
+    stream = configured(log_format)
+    log = logging.getLogger("qa_ws.test.direct")
+    fields = {"user": "eve\n\x1b[2J\u2028", "session": "s" * 32, "latency_ms": 0.5, "ok": True}
+    log_event(log, "chat", **fields)  # the direct path: no record is made
+    seen = Records()
+    logging.getLogger("qa_ws").addHandler(seen)  # somebody else's handler on the way
+    try:
+        log_event(log, "chat", **fields)
+    finally:
+        logging.getLogger("qa_ws").removeHandler(seen)
+    direct, through_logging = stream.getvalue().splitlines()
+    _same_line(direct, through_logging, log_format)
+    assert [r.getMessage() for r in seen.records] == ["chat"]
+    assert seen.records[0].__dict__["fields"] == fields  # as logging.extra sets it
+
+
+def test_log_event_keeps_logging_s_filters_levels_factories_and_disabled_loggers(
+    configured: Callable[[str], io.StringIO],
+) -> None:
+    stream = configured("console")
+    log = logging.getLogger("qa_ws.test.rules")
+    log.addFilter(lambda record: getattr(record, "fields", {}).get("keep", True))
+    try:
+        log_event(log, "dropped by a filter", keep=False)
+        log_event(log, "kept by the filter", keep=True)
+    finally:
+        log.filters.clear()
+    log.disabled = True
+    log_event(log, "from a disabled logger")
+    log.disabled = False
+    handler = logging.getLogger().handlers[0]
+    handler.setLevel(logging.WARNING)
+    log_event(log, "below the handler's level")
+    handler.setLevel(logging.NOTSET)
+    default = logging.getLogRecordFactory()
+
+    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = default(*args, **kwargs)
+        record.msg = f"[tagged] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(tagged)
+    log_event(log, "through the factory")
+    logging.setLogRecordFactory(default)
+    log_event(log, "direct again")
+    lines = [line.split(maxsplit=2)[2] for line in stream.getvalue().splitlines()]
+    assert lines == ["kept by the filter keep=True", "[tagged] through the factory", "direct again"]
