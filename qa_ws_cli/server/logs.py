@@ -1,7 +1,8 @@
 """Structured logs: one line per connect, disconnect and chat; JSON or console; no tokens.
 
 ``log_event`` writes a line; its fields travel in ``extra={"fields": {...}}`` when it goes
-through ``logging``, and straight to our handler while nothing else is configured. Tokens never reach a log call, and the access
+through ``logging``, and straight to our handler while nothing else is configured. Tokens
+never reach a log call, and the access
 log prints the path with ``token=`` redacted (the protocol's last-resort carrier). The console
 format escapes every control character (C0, DEL, C1) in the message and each value, so what a
 client sends (a path, a ``sub``) can neither start a forged line nor drive the terminal. The
