@@ -129,23 +129,23 @@ class MemorySessionStore(SessionStore):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _get(self, session_id: str) -> SessionRecord | None:
+    def _get(self, session_id: str, now: float | None = None) -> SessionRecord | None:
         record = self.records.get(session_id)
-        if record is not None and record.expires_at < time.time():
+        if record is not None and record.expires_at < (time.time() if now is None else now):
             del self.records[session_id]
             self._expired.append(session_id)
             return None
         return record
 
-    def _record(self, session_id: str, user: str) -> SessionRecord:
-        record = self._get(session_id)
+    def _record(self, session_id: str, user: str, now: float) -> SessionRecord:
+        record = self._get(session_id, now)
         if record is None:
-            record = SessionRecord(user, time.time() + self.sessions.ttl_s)
+            record = SessionRecord(user, now + self.sessions.ttl_s)
             self.records[session_id] = record
         return record
 
     async def create(self, session_id: str, user: str) -> None:
-        self._record(session_id, user)
+        self._record(session_id, user, time.time())
 
     async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
         record = self._get(session_id)
@@ -162,13 +162,17 @@ class MemorySessionStore(SessionStore):
     async def claim(
         self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
     ) -> ClaimResult:
-        record = self._get(session_id)
+        return self.claim_now(session_id, chat_id, instance)
+
+    def claim_now(self, session_id: str, chat_id: str, instance: str) -> ClaimResult:
+        """``claim`` for a caller that need not await (the memory store's counted claim)."""
+        now = time.time()
+        record = self._get(session_id, now)
         if record is None:
             return Claimed()
         stored = record.answers.get(chat_id)
         if stored is not None:
             return Answered(stored)
-        now = time.time()
         holder = record.claims.get(chat_id)
         if holder is not None and holder[1] >= now and holder[0] != instance:
             return RunningElsewhere(holder[0])
@@ -178,14 +182,14 @@ class MemorySessionStore(SessionStore):
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0
     ) -> tuple[int, str] | None:
-        record = self._record(session_id, user)
+        now = time.time()
+        record = self._record(session_id, user, now)
         settings = self.sessions
         chat_id = event.reply_to
         if event.only_if_claimed and (chat_id is None or chat_id not in record.claims):
             return None
         record.seq = seq = max(record.seq + 1, min_seq)
         frame = with_seq(event.body, seq)
-        now = time.time()
         if settings.buffer_events:
             if record.events is None:
                 record.events = deque(maxlen=settings.buffer_events)

@@ -167,7 +167,7 @@ class MemoryStore(MemorySessionStore, Store):
             retry_after = self.limiter.count(rate_user)
             if retry_after is not None:
                 return RateLimited(retry_after)
-        return await super().claim(session_id, chat_id, instance)
+        return self.claim_now(session_id, chat_id, instance)  # one coroutine a chat, not two
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
