@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from qa_ws_cli.lazy import LazyTuple
@@ -43,6 +44,7 @@ from qa_ws_cli.server.session_core import (
 from qa_ws_cli.server.session_store import Event, ResumeRecord, SessionStore, replay_after
 
 PREFIX = "qa-ws:s:"
+_PARTS = ("m", "e", "a", "o", "h", "c")  # the session's keys, as KEYS[1..6] of ``append``
 
 _CLAIM = """
 local answer = redis.call('HGET', KEYS[1], ARGV[1])
@@ -119,6 +121,15 @@ class StoredTurns(LazyTuple[tuple[str, str]]):
         return parse_turns(self._raw)
 
 
+def turn_json(turn: tuple[str, str]) -> str:
+    """``[question, answer]`` as the list ``:h`` keeps it: orjson's UTF-8, or the stdlib's
+    escapes for what orjson refuses (a lone surrogate, which Redis's UTF-8 could not carry)."""
+    try:
+        return orjson.dumps(turn).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(turn)
+
+
 def parse_turns(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
     """Parsed as one array (one call into the C decoder, not one per turn), or one by one if a
     turn is malformed: a malformed turn is left out, never a failed chat."""
@@ -153,9 +164,11 @@ class RedisSessionStore(SessionStore):
         return f"{PREFIX}{{{session_id}}}:{part}"
 
     def _keys(self, session_id: str, chat_id: str = "") -> list[str]:
-        k = self.key
-        parts = ("m", "e", "a", "o", "h", "c")
-        return [*(k(session_id, p) for p in parts), k(session_id, f"l:{chat_id}")]
+        """The session's keys (``_PARTS``, in the scripts' order), then the chat's lease."""
+        base = f"{PREFIX}{{{session_id}}}:"
+        keys = [base + part for part in _PARTS]
+        keys.append(f"{base}l:{chat_id}")
+        return keys
 
     @property
     def _ttl(self) -> int:
@@ -201,9 +214,8 @@ class RedisSessionStore(SessionStore):
     async def claim(
         self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
     ) -> ClaimResult:
-        k = self.key
-        keys = [k(session_id, "a"), k(session_id, "c"), k(session_id, f"l:{chat_id}")]
-        keys.append(k(session_id, "h"))
+        base = f"{PREFIX}{{{session_id}}}:"
+        keys = [base + "a", base + "c", f"{base}l:{chat_id}", base + "h"]
         lease_ms = int(self.sessions.run_lease_s * 1000)
         args: list[str | int] = [chat_id, instance, lease_ms, self._ttl]
         script, limiter = self._claim, self.limiter
@@ -226,7 +238,7 @@ class RedisSessionStore(SessionStore):
     ) -> tuple[int, str] | None:
         s = self.sessions
         chat_id = event.reply_to or ""
-        turn = json.dumps(list(event.turn)) if event.turn is not None else ""
+        turn = turn_json(event.turn) if event.turn is not None else ""
         args: list[str | int] = [
             event.body,
             user,
@@ -273,6 +285,6 @@ class RedisSessionStore(SessionStore):
     async def touch(self, session_ids: Iterable[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                for part in ("m", "e", "a", "o", "h", "c"):
+                for part in _PARTS:
                     pipe.expire(self.key(session_id, part), self._ttl)
             await pipe.execute()

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from qa_ws_cli.agents.base import Agent, ChatContext
-from qa_ws_cli.server.redis_sessions import StoredTurns, parse_turns
+from qa_ws_cli.server.redis_sessions import StoredTurns, parse_turns, turn_json
 from qa_ws_cli.server.redis_store import RedisStore
 from tests.conftest import Running, make_settings, run_gateway
 from tests.redis_server import RedisServer
@@ -96,3 +96,22 @@ def test_stored_turns_are_parsed_on_first_read_and_compare_as_a_tuple() -> None:
         ("q", "a"),
         ("x", "2"),
     )
+
+
+async def test_a_turn_in_any_script_comes_back_in_the_history_as_it_was_said(
+    gateway: Running, client: redis.Redis, http: aiohttp.ClientSession
+) -> None:
+    ws, hello = await connect(http, gateway, "alice")
+    said = 'é 漢字 😀 "quoted" \\ back\nslash </script>'
+    assert (await chat(ws, "q1", said))["content"] == "0 turns: []"
+    answer = await chat(ws, "q2", "again")
+    assert answer["content"] == f"2 turns: {[said, '0 turns: []']}"
+    kept = client.lrange(key(hello["session_id"], "h"), 0, -1)
+    assert "漢字".encode() in kept[0]  # stored as UTF-8, as orjson writes it
+
+
+def test_a_turn_orjson_refuses_is_kept_with_the_stdlib_s_escapes() -> None:
+    lone = "half \ud800 a pair"  # a lone surrogate: not UTF-8, so orjson refuses it
+    kept = turn_json((lone, "answer"))
+    assert kept.isascii() and parse_turns([kept.encode()]) == ((lone, "answer"),)
+    assert turn_json(("é", "😀")) == '["é","😀"]'
