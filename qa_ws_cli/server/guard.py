@@ -60,6 +60,8 @@ class ConnectionGuard:
         return self._open.get(address, 0)
 
     def is_trusted_proxy(self, address: str) -> bool:
+        if not self._trusted:  # none configured (the default): no address to parse
+            return False
         try:
             ip = ip_address(address)
         except ValueError:
