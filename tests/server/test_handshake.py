@@ -15,6 +15,7 @@ from qa_ws_cli.auth import RevocationList
 from qa_ws_cli.client import ClientOptions, QaWsClient
 from qa_ws_cli.errors import HandshakeRefused
 from tests.conftest import SECRET, Running, make_settings, run_gateway
+from tests.server.wire import RawPeer
 
 
 async def refused(
@@ -55,6 +56,30 @@ async def test_subprotocol_selection_never_echoes_the_token(
         hello = await ws.receive_json(timeout=5)
         assert hello["event"] == "connected" and "seq" not in hello
         assert token not in json.dumps(hello)
+
+
+async def test_the_upgrade_carries_its_headers_and_the_connection_works_after_it(
+    gateway: Running,
+) -> None:
+    """The server drops the 101's headers once sent (memory of idle connections): what the
+    client received, and everything after it, must not change."""
+    peer = await RawPeer.open(gateway, gateway.token())
+    head = peer.head.decode().lower()
+    for line in (
+        "upgrade: websocket",
+        "sec-websocket-protocol: qa-ws.v1",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "server: qa-ws",
+        "x-request-id: ",
+    ):
+        assert f"\r\n{line}" in head
+    hello = await peer.read_frame()
+    assert hello is not None and json.loads(hello.payload)["event"] == "connected"
+    peer.send_text(json.dumps({"type": "chat_message", "id": "m1", "content": "still here?"}))
+    answer = await peer.read_frame()
+    assert answer is not None and json.loads(answer.payload)["reply_to"] == "m1"
+    peer.writer.close()
 
 
 async def test_connected_event_describes_the_connection(

@@ -171,9 +171,12 @@ class Frame:
 class RawPeer:
     """A WebSocket client on a bare TCP socket: it does only what the test tells it to."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes = b""
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.head = head  # the server's 101 response, status line and headers
 
     @classmethod
     async def open(cls, running: Running, token: str, *, rcvbuf: int | None = None) -> RawPeer:
@@ -202,7 +205,7 @@ class RawPeer:
         )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        return cls(reader, writer, head)
 
     def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
         self.writer.write(self.encode_frame(opcode, payload, fin=fin))
