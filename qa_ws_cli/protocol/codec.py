@@ -4,9 +4,8 @@
 with the protocol's error code and, when the frame named a usable ``id``, its ``reply_to``.
 A key given twice in one object is ``invalid_json``: pydantic-core and ``json`` both keep the
 last one, so ``{"type": "ping", "type": "chat_message"}`` would be read as a chat by one parser
-and perhaps a ping by the next. The check is a second pass with the C ``json`` decoder, only
-once the frame has validated (so it is JSON): ``raw_decode``, which skips ``decode``'s two
-whitespace regexes (a third of the pass), unless the frame starts with whitespace.
+and perhaps a ping by the next. jiter (pydantic's JSON parser) refuses such a frame while it
+parses it (``catch_duplicate_keys``), then pydantic validates the parsed value: one parse.
 
 ``encode`` serializes any event model; ``encode_fields`` writes the same text for the frames of
 every chat and handshake (the answer, a delta, a pong, ``connected``) straight from the values
@@ -15,10 +14,10 @@ the server made, without building the model.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+import jiter
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
@@ -40,54 +39,29 @@ _server_adapter: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
 _id_re = re.compile(ID_PATTERN)
 
 
-class DuplicateKeyError(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise DuplicateKeyError("a key appears twice in one object")
-    return obj
-
-
-_strict_json = json.JSONDecoder(object_pairs_hook=_unique_keys)
 _DUPLICATE = "the frame is not valid JSON (a key appears twice)"
+_DUPLICATE_PREFIX = "Detected duplicate key"  # jiter's message (tests pin our reading of it)
 
 
 def decode_client(text: str | bytes) -> ClientEvent:
-    """Parse a client frame; the fast path is one validation in pydantic-core, then the
-    duplicate-key pass."""
+    """Parse a client frame: jiter's parse (a key twice in any object refused), then
+    pydantic's validation of the parsed value."""
     try:
-        event = _client_adapter.validate_json(text)
+        raw = text.encode() if isinstance(text, str) else text
+        # only keys cached (a few, the protocol's): what clients say stays out of jiter's cache
+        data = jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys")
+    except (ValueError, UnicodeEncodeError) as exc:  # also nesting past jiter's limit (200)
+        duplicate = str(exc).startswith(_DUPLICATE_PREFIX)
+        message = _DUPLICATE if duplicate else "the frame is not valid JSON"
+        raise ProtocolError(message, code=ErrorCode.INVALID_JSON) from None
+    try:
+        return _client_adapter.validate_python(data)
     except ValidationError as exc:
-        raise _explain(text, exc) from None
-    try:
-        _unique_everywhere(text if isinstance(text, str) else text.decode())
-    except DuplicateKeyError:
-        raise ProtocolError(_DUPLICATE, code=ErrorCode.INVALID_JSON) from None
-    return event
+        raise _explain(data, exc) from None
 
 
-def _unique_everywhere(text: str) -> None:
-    """Raise ``DuplicateKeyError`` if an object of ``text`` (valid JSON) has a key twice."""
-    try:
-        _strict_json.raw_decode(text)
-    except DuplicateKeyError:
-        raise
-    except ValueError:  # whitespace before the value: the decoder that skips it
-        _strict_json.decode(text)
-
-
-def _explain(text: str | bytes, exc: ValidationError) -> ProtocolError:
-    """Slow path, only for bad frames: tell JSON errors from schema errors, name the field."""
-    try:
-        raw = text if isinstance(text, str) else text.decode()
-        data = _strict_json.decode(raw)
-    except DuplicateKeyError:
-        return ProtocolError(_DUPLICATE, code=ErrorCode.INVALID_JSON)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting deeper than json's stack
-        return ProtocolError("the frame is not valid JSON", code=ErrorCode.INVALID_JSON)
+def _explain(data: Any, exc: ValidationError) -> ProtocolError:
+    """Slow path, only for bad frames: name the field, and the id to reply to if usable."""
     if not isinstance(data, dict):
         return ProtocolError("a frame must be a JSON object", code=ErrorCode.INVALID_MESSAGE)
     msg_id = data.get("id")

@@ -120,7 +120,7 @@ def test_bad_frames_get_their_error_code(frame: str, code: str, reply_to: str | 
     "frame",
     [
         '{"type": "ping", "id": "a", "type": "chat_message", "content": "x"}',
-        ' \n\t{"type": "ping", "id": "a", "id": "b"}',  # after whitespace, the other decoder
+        ' \n\t{"type": "ping", "id": "a", "id": "b"}',  # after whitespace
         '{"type": "ping", "id": "a", "extra": {"k": 1, "k": 2}}',  # in a nested object
         '{"type": "ping", "id": "a", "extra": [{"k": 1}, {"k": 2, "\\u006b": 3}]}',  # escaped
         '{"type": "ping", "\\u0069d": "a", "id": "b"}',
@@ -132,6 +132,29 @@ def test_a_key_twice_in_any_object_is_invalid_json(frame: str) -> None:
     assert caught.value.code == "invalid_json"
     assert "twice" in caught.value.message
     assert caught.value.reply_to is None  # which of the two ids would it be?
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "chat_message", "id": "a", "content": "half \\ud800 a pair"}',  # no character
+        '{"type": "ping", "id": "a", "x": ' + "[" * 201 + "]" * 201 + "}",  # past 200 levels
+        '{"type": "ping", "id": "a"} trailing',
+        '\ufeff{"type": "ping", "id": "a"}',  # a byte-order mark is not JSON's
+    ],
+)
+def test_what_is_not_json_text_is_invalid_json(frame: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame)
+    assert (caught.value.code, caught.value.reply_to) == ("invalid_json", None)
+    assert caught.value.message == "the frame is not valid JSON"
+
+
+def test_frames_are_read_the_same_as_text_or_as_utf8_bytes() -> None:
+    frame = '{"type": "chat_message", "id": "a", "content": "é 漢字 😀"}'
+    assert decode_client(frame) == decode_client(frame.encode()) == ChatMessage(
+        id="a", content="é 漢字 😀"
+    )
 
 
 def test_one_key_in_two_objects_and_leading_whitespace_are_fine() -> None:
