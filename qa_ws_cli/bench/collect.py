@@ -191,12 +191,16 @@ class Aggregator:
                 self.held_end[node] = int(chunk["held_end"])
 
     def held_peak(self) -> int:
-        """A count that was really held at one moment: per-tick sums, or one process's peak."""
+        """A count that was really held at one moment: per-tick sums, one process's peak, or
+        the processes' counts at the stop (each taken as the stop reached it, before any user
+        was stopped): a worker's ticks can reach the master too late to line up with another's
+        on a loaded machine, its final chunk always arrives."""
         per_tick: Counter[int] = Counter()
         for ticks in self.ticks.values():
             per_tick.update(ticks)
         best_tick = max(per_tick.values(), default=0)
-        return max(best_tick, max(self.peaks.values(), default=0))
+        at_stop = sum(self.held_end.values())
+        return max(best_tick, max(self.peaks.values(), default=0), at_stop)
 
     def raw(self) -> dict[str, Any]:
         return {

@@ -170,6 +170,17 @@ def test_aggregator_sums_workers_at_the_same_tick() -> None:
     assert raw["cpu"] == {"a": [10.0], "b": []}
 
 
+def test_aggregator_peak_counts_what_every_process_held_at_the_stop() -> None:
+    agg = Aggregator()
+    # the ticks never line up (one worker's came in late), but both held 6 when the load stopped
+    agg.add("a", _chunk(ticks=[[10, 6], [11, 6]], peak=6))
+    agg.add("b", _chunk(ticks=[[20, 6]], peak=6))
+    assert agg.held_peak() == 6
+    agg.add("a", _chunk(final=True, held_end=6))
+    agg.add("b", _chunk(final=True, held_end=6))
+    assert agg.held_peak() == 12 and agg.raw()["held_end"] == 12
+
+
 def test_aggregator_peak_is_never_below_one_process_exact_peak() -> None:
     agg = Aggregator()
     agg.add("local", _chunk(ticks=[[1, 3]], peak=9, first_connect_error="connect_refused"))
