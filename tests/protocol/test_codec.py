@@ -152,8 +152,10 @@ def test_what_is_not_json_text_is_invalid_json(frame: str) -> None:
 
 def test_frames_are_read_the_same_as_text_or_as_utf8_bytes() -> None:
     frame = '{"type": "chat_message", "id": "a", "content": "é 漢字 😀"}'
-    assert decode_client(frame) == decode_client(frame.encode()) == ChatMessage(
-        id="a", content="é 漢字 😀"
+    assert (
+        decode_client(frame)
+        == decode_client(frame.encode())
+        == ChatMessage(id="a", content="é 漢字 😀")
     )
 
 
