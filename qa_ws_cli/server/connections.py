@@ -50,7 +50,6 @@ class Connection:
         "remote",
         "session_id",
         "slot",
-        "token_timer",
         "transport",
         "user",
         "writer",
@@ -84,7 +83,6 @@ class Connection:
         self.last_seen = 0.0
         self.frame_window = 0  # the second the frame budget counts in, and its count
         self.frames_in_window = 0
-        self.token_timer: asyncio.TimerHandle | None = None  # its token's notice, then expiry
         self._on_overflow = on_overflow
         self.remote = ""  # the client's address, as the request saw it
         self.connected_at = time.time()
@@ -178,11 +176,6 @@ class Connection:
             await self.ws.close(code=code, message=reason.encode()[:120], drain=False)
         if self.transport is not None:
             asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_stuck, self.transport)
-
-    def cancel_timers(self) -> None:
-        if self.token_timer is not None:
-            self.token_timer.cancel()
-            self.token_timer = None
 
 
 def _abort_if_stuck(transport: asyncio.Transport) -> None:

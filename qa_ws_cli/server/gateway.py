@@ -25,6 +25,7 @@ from qa_ws_cli.protocol.codes import PROTOCOL_VERSION, CloseCode
 from qa_ws_cli.protocol.events import MAX_ATTACHMENTS, utc_timestamp
 from qa_ws_cli.server.chat import FrameHandler
 from qa_ws_cli.server.connections import Connection, ConnectionManager
+from qa_ws_cli.server.deadlines import Deadlines
 from qa_ws_cli.server.driver import SessionDriver
 from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.logs import log_event
@@ -34,6 +35,7 @@ from qa_ws_cli.server.session_core import CoreLimits
 from qa_ws_cli.server.store import Store
 
 HOUSEKEEPING_INTERVAL_S = 1.0
+_NOTICE, _EXPIRY = 0, 1  # a connection's token deadlines, in order
 REVOCATIONS_READ_S = 5.0  # shared revocations are read this often (and on every announcement)
 
 
@@ -70,6 +72,7 @@ class Gateway:
         self.verifier = TokenVerifier(auth, settings.secret()) if auth.enabled else None
         self.revocations = RevocationCache(RevocationList(auth.revocation_file))
         self._revocations_read_at = 0.0
+        self.token_deadlines = Deadlines(self._token_due)
         self.frames = FrameHandler(
             self.driver, self.limiter, self.metrics, lim.max_frames_per_second
         )
@@ -135,33 +138,32 @@ class Gateway:
         )
 
     def schedule_token_timers(self, conn: Connection, claims: Claims) -> None:
-        """``token_expiring`` ahead of the token's expiry, then the close at it: one timer at a
-        time per connection (the notice's callback sets the next)."""
+        """``token_expiring`` ahead of the token's expiry, then the close at it: one deadline
+        at a time per connection (the notice sets the close's), all on one timer."""
         if self.verifier is None:
             return
-        left = claims.exp - time.time()
         notice = self.settings.security.authentication.expiring_notice_s
-        if notice and left > notice:
-            loop = asyncio.get_running_loop()
-            conn.token_timer = loop.call_later(
-                left - notice, self._token_expiring, conn, claims.exp
-            )
+        if notice and claims.exp - time.time() > notice:
+            self.token_deadlines.set(conn.id, claims.exp - notice, _NOTICE)
         else:
-            self._close_at_expiry(conn, claims.exp)
+            self.token_deadlines.set(conn.id, claims.exp, _EXPIRY)
 
-    def _token_expiring(self, conn: Connection, exp: float) -> None:
+    def forget_token(self, conn: Connection) -> None:
+        self.token_deadlines.forget(conn.id)
+
+    def _token_due(self, conn_id: str, stage: int) -> None:
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.closing:
+            return
+        exp = conn.claims.exp
+        if stage == _EXPIRY:
+            conn.start_close(CloseCode.TOKEN_EXPIRED, "token expired")
+            return
         local = self.driver.local.get(conn.session_id)
         if local is not None:
             event = {"event": "token_expiring", "expires_at": utc_timestamp(exp)}
             self.driver.spawn(local, local.core.system(conn.id, **event))
-        self._close_at_expiry(conn, exp)
-
-    @staticmethod
-    def _close_at_expiry(conn: Connection, exp: float) -> None:
-        left = max(exp - time.time(), 0.0)
-        conn.token_timer = asyncio.get_running_loop().call_later(
-            left, conn.start_close, CloseCode.TOKEN_EXPIRED, "token expired"
-        )
+        self.token_deadlines.set(conn_id, exp, _EXPIRY)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -287,6 +289,7 @@ class Gateway:
         log_event(self.log, "drained", store=self.store.name)
 
     async def aclose(self) -> None:
+        self.token_deadlines.close()
         with contextlib.suppress(Exception):
             await self.agent.aclose()
         await self.store.aclose()

@@ -169,7 +169,7 @@ def _closed(
 ) -> None:
     """Always runs, whatever failed: the connection leaves every registry it entered."""
     conn.closing = True
-    conn.cancel_timers()
+    gw.forget_token(conn)
     if gw.connections.get(conn.id) is conn:
         gw.connections.remove(conn)
         gw.metrics.connections.dec()

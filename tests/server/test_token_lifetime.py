@@ -95,3 +95,16 @@ async def test_the_client_refreshes_its_token_and_carries_on(tmp_path: Path) -> 
                     await asyncio.sleep(0.05)
             assert (await client.ask("after", timeout=10)).content == "answer: after"
             assert client.session_id == first  # resumed, not started over
+
+
+async def test_a_closed_connection_leaves_no_token_deadline_behind(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    settings = notice_settings(tmp_path, notice_s=60)
+    async with run_gateway(settings, Slow()) as gw:
+        deadlines = gw.gateway.token_deadlines
+        sockets = [(await connect(http, gw, token=gw.token("alice")))[0] for _ in range(3)]
+        assert len(deadlines) == 3  # one each: their notice, an hour less a minute away
+        for ws in sockets:
+            await ws.close()
+        await eventually(lambda: len(deadlines) == 0)
