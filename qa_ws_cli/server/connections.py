@@ -12,7 +12,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -41,9 +42,11 @@ class Connection:
         "frames_in",
         "frames_in_window",
         "frames_out",
+        "heard_at",
         "id",
         "last_seen",
         "last_seq",
+        "pinged_at",
         "queue",
         "queue_limit",
         "queued_bytes",
@@ -80,7 +83,9 @@ class Connection:
         self.queue_limit = queue_limit
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
-        self.last_seen = 0.0
+        self.last_seen = 0.0  # monotonic: the last protocol frame (the idle timeout's)
+        self.heard_at = time.monotonic()  # the last frame of any kind, pongs included
+        self.pinged_at = 0.0  # the heartbeat's last ping
         self.frame_window = 0  # the second the frame budget counts in, and its count
         self.frames_in_window = 0
         self._on_overflow = on_overflow
@@ -117,6 +122,20 @@ class Connection:
             self.last_seq = seq
             self.send(frame)
 
+    def ping(self) -> None:
+        """A PING frame (the heartbeat's), written at once as ``_write_now`` writes a frame."""
+        self._step(self.ws.ping())
+
+    def drop(self, code: int) -> None:
+        """Close the socket without a close frame (a peer that stopped answering would not
+        read one); ``code`` is what the connection's close is counted and logged as."""
+        if self.closing:
+            return
+        self.closing = True
+        self.closed_with = code
+        if self.transport is not None:
+            self.transport.close()
+
     def _write_now(self, frame: str) -> None:
         """Write at once while the socket keeps up (the common case), with no task per frame.
 
@@ -125,15 +144,17 @@ class Connection:
         suspend, the frame is already in the transport's buffer: the next frames see that buffer
         and take the queue, whose writer awaits the drain (and whose bound counts it).
         """
-        coro = self.ws.send_str(frame)
+        self._step(self.ws.send_str(frame))
+
+    def _step(self, send: Coroutine[Any, Any, None]) -> None:
         try:
-            coro.send(None)
+            send.send(None)
         except StopIteration:
             return
         except (ConnectionError, RuntimeError):  # the peer is gone; the reader will see it
             self.closing = True
             return
-        coro.close()
+        send.close()
 
     async def _drain(self) -> None:
         ws, queue = self.ws, self.queue

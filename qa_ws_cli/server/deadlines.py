@@ -26,7 +26,7 @@ REBUILD_SLACK = 64  # dead heap entries tolerated beyond the live count before a
 
 
 class Due(NamedTuple):
-    when: float  # wall clock (``time.time()``), as a token's ``exp`` is
+    when: float  # on the ``Deadlines``' clock
     conn_id: str
     stage: int  # the caller's: which deadline of the connection this is
 
@@ -35,8 +35,11 @@ class Deadlines:
     """``set`` a connection's next deadline (replacing any), ``forget`` it; ``on_due(conn_id,
     stage)`` runs in the event loop when it is due and may ``set`` the next one."""
 
-    def __init__(self, on_due: Callable[[str, int], None]) -> None:
+    def __init__(
+        self, on_due: Callable[[str, int], None], clock: Callable[[], float] = time.time
+    ) -> None:
         self._on_due = on_due
+        self._clock = clock  # the wall clock for token times, monotonic for intervals
         self._live: dict[str, Due] = {}
         self._heap: list[Due] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -86,12 +89,12 @@ class Deadlines:
             self._timer = None
         self._armed_for = when
         if self._heap:
-            delay = max(0.0, when - time.time())
+            delay = max(0.0, when - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer, self._armed_for = None, math.inf
-        now = time.time()
+        now = self._clock()
         while self._heap and self._heap[0].when <= now:
             due = heapq.heappop(self._heap)
             if self._live.get(due.conn_id) != due:

@@ -28,6 +28,7 @@ from qa_ws_cli.server.connections import Connection, ConnectionManager
 from qa_ws_cli.server.deadlines import Deadlines
 from qa_ws_cli.server.driver import SessionDriver
 from qa_ws_cli.server.files import FileSigner, FileStore
+from qa_ws_cli.server.heartbeat import Heartbeat
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
 from qa_ws_cli.server.operator import Operator
@@ -73,6 +74,7 @@ class Gateway:
         self.revocations = RevocationCache(RevocationList(auth.revocation_file))
         self._revocations_read_at = 0.0
         self.token_deadlines = Deadlines(self._token_due)
+        self.heartbeat = Heartbeat(self.connections, lim.heartbeat_s)
         self.frames = FrameHandler(
             self.driver, self.limiter, self.metrics, lim.max_frames_per_second
         )
@@ -290,6 +292,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         self.token_deadlines.close()
+        self.heartbeat.close()
         with contextlib.suppress(Exception):
             await self.agent.aclose()
         await self.store.aclose()

@@ -65,7 +65,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     lim = gw.settings.limits
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
-        heartbeat=lim.heartbeat_s or None,
+        autoping=False,  # pings answered and pongs seen here: the heartbeat is gw.heartbeat's
         max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
         compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
         timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
@@ -85,14 +85,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await _open(gw, request, conn, record if resumed else None, last_seq)
         frames = gw.frames
         async for msg in ws:
+            conn.heard_at = now = time.monotonic()
             if msg.type is WSMsgType.TEXT:
-                conn.last_seen = time.monotonic()
+                conn.last_seen = now
                 conn.frames_in += 1
                 await frames.on_text(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                conn.last_seen = time.monotonic()
+                conn.last_seen = now
                 conn.frames_in += 1
                 await frames.on_binary(conn)
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
         if conn.closer is not None:  # ours: read and discard until the peer's close frame
             await asyncio.wait({conn.closer}, timeout=CLOSE_READ_S + 1.0)
     except Exception:
@@ -147,6 +150,7 @@ async def _open(
         await driver.apply(local, local.core.interrupted(record.interrupted))
     await gw.operator.deliver_inbox(local, conn)  # what was kept while the user was away
     gw.schedule_token_timers(conn, conn.claims)
+    gw.heartbeat.watch(conn)
     gw.metrics.connects.labels(str(record is not None).lower()).inc()
     log_event(
         gw.log,
@@ -170,6 +174,7 @@ def _closed(
     """Always runs, whatever failed: the connection leaves every registry it entered."""
     conn.closing = True
     gw.forget_token(conn)
+    gw.heartbeat.forget(conn)
     if gw.connections.get(conn.id) is conn:
         gw.connections.remove(conn)
         gw.metrics.connections.dec()

@@ -20,6 +20,7 @@ from tests.conftest import make_settings, run_gateway
 from tests.server.wire import (
     WS_CLOSE,
     WS_PING,
+    WS_PONG,
     WS_TEXT,
     RawPeer,
     chat,
@@ -102,6 +103,54 @@ async def test_a_raw_socket_that_goes_silent_after_the_upgrade_is_dropped(
         assert frames[0].opcode == WS_TEXT and b'"connected"' in frames[0].payload
         assert WS_PING in [f.opcode for f in frames]
         await eventually(lambda: len(gw.gateway.connections) == 0)
+
+
+async def test_a_client_ping_is_answered_with_its_payload_and_counts_as_heard(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, limits={"heartbeat_s": 0.4})
+    async with run_gateway(settings, Sleepy()) as gw:
+        peer = await RawPeer.open(gw, gw.token("pinger"))
+        try:
+            assert (await peer.read_frame()) is not None  # connected
+            for n in range(8):  # 1.6 s of pings and nothing else: never dropped
+                peer.send_frame(WS_PING, f"beat {n}".encode())
+                frame = await peer.read_frame()
+                while frame is not None and frame.opcode == WS_PING:  # the server's own
+                    peer.send_frame(WS_PONG, frame.payload)
+                    frame = await peer.read_frame()
+                assert frame is not None and (frame.opcode, frame.payload) == (
+                    WS_PONG,
+                    f"beat {n}".encode(),
+                )
+                await asyncio.sleep(0.2)
+            assert len(gw.gateway.connections) == 1
+        finally:
+            peer.close()
+        await eventually(lambda: len(gw.gateway.heartbeat.deadlines) == 0)
+
+
+async def test_answering_the_heartbeat_does_not_keep_an_idle_connection_open(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Pongs keep a connection from being dropped as dead, not from being idle."""
+    settings = make_settings(tmp_path, limits={"heartbeat_s": 0.3, "idle_timeout_s": 1.0})
+    async with run_gateway(settings, Sleepy()) as gw:
+        ws, _ = await connect(http, gw, "quiet")  # aiohttp's client answers pings itself
+        assert await close_code(ws, timeout=10) == 1000
+
+
+async def test_no_heartbeat_when_it_is_turned_off(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, limits={"heartbeat_s": 0})
+    async with run_gateway(settings, Sleepy()) as gw:
+        peer = await RawPeer.open(gw, gw.token("silent"))
+        try:
+            assert (await peer.read_frame()) is not None  # connected
+            assert len(gw.gateway.heartbeat.deadlines) == 0
+            with pytest.raises(TimeoutError):  # no ping comes
+                await asyncio.wait_for(peer.read_frame(), 1.0)
+        finally:
+            peer.close()
 
 
 # -- idle timeout -------------------------------------------------------------------------
