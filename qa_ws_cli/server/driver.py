@@ -41,11 +41,19 @@ chat_log = logging.getLogger("qa_ws.chat")
 
 
 @dataclass(slots=True)
+class RunningTask:
+    """A run of this instance that is a task: its task, deadline timer and context (the
+    context is what the backend's own cancel needs)."""
+
+    task: asyncio.Task[None]
+    timer: asyncio.TimerHandle
+    context: ChatContext
+
+
+@dataclass(slots=True)
 class LocalSession:
     core: SessionCore
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    contexts: dict[str, ChatContext] = field(default_factory=dict)  # of the runs, for cancel
+    running: dict[str, RunningTask] = field(default_factory=dict)  # by chat id
     # keeps publishes in seq order; made by the first publish (an asyncio.Lock is 350 bytes,
     # and most sessions of idle connections never publish)
     lock: asyncio.Lock | None = None
@@ -91,7 +99,7 @@ class SessionDriver:
     def release(self, local: LocalSession) -> None:
         """Forget a session that has neither a connection nor a run here (the store keeps it)."""
         core = local.core
-        idle = core.attached is None and not core.runs and not local.tasks
+        idle = core.attached is None and not core.runs and not local.running
         if idle and self.local.get(core.session_id) is local:
             del self.local[core.session_id]
 
@@ -170,15 +178,16 @@ class SessionDriver:
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._run(local, start, context))
         task.add_done_callback(lambda done: self._settle(local, start.chat_id, done))
-        local.tasks[start.chat_id] = task
-        local.timers[start.chat_id] = loop.call_later(self.limits.timeout_s, self._expire, local)
+        timer = loop.call_later(self.limits.timeout_s, self._expire, local)
+        local.running[start.chat_id] = RunningTask(task, timer, context)
         self.running += 1
         self.idle.clear()
         self.metrics.inflight.inc()
 
     def _settle(self, local: LocalSession, chat_id: str, task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never ran ``_run``'s own cleanup: do it here."""
-        if local.tasks.get(chat_id) is task:
+        running = local.running.get(chat_id)
+        if running is not None and running.task is task:
             outputs = local.core.stopped(chat_id)
             self._finish(local, chat_id)
             self.spawn(local, outputs)
@@ -214,7 +223,6 @@ class SessionDriver:
     async def _run(self, local: LocalSession, start: StartRun, context: ChatContext) -> None:
         core, chat_id = local.core, start.chat_id
         started = time.perf_counter()
-        local.contexts[chat_id] = context
         fields = _chat_fields(core, start)
         try:
             result = await self.runner.answer(core, start, context, fields)
@@ -243,19 +251,16 @@ class SessionDriver:
 
     async def _cancel(self, local: LocalSession, chat_id: str) -> None:
         """Stop a run: the backend's own cancel first (bounded), then the task."""
-        context = local.contexts.get(chat_id)
-        if context is not None:
-            await self.runner.cancel(context)
-        task = local.tasks.get(chat_id)
-        if task is not None:
-            task.cancel()
+        running = local.running.get(chat_id)
+        if running is None:
+            return
+        await self.runner.cancel(running.context)
+        running.task.cancel()
 
     def _finish(self, local: LocalSession, chat_id: str) -> None:
-        local.tasks.pop(chat_id, None)
-        local.contexts.pop(chat_id, None)
-        timer = local.timers.pop(chat_id, None)
-        if timer is not None:
-            timer.cancel()
+        running = local.running.pop(chat_id, None)
+        if running is not None:
+            running.timer.cancel()
         self.running -= 1
         if not self.running:
             self.idle.set()
@@ -271,9 +276,9 @@ class SessionDriver:
         for session_id in store.expired_sessions():
             local = self.local.get(session_id)
             if local is not None:
-                for task in local.tasks.values():
-                    task.cancel()
-        claims = [(sid, c) for sid, loc in self.local.items() for c in loc.tasks]
+                for running in local.running.values():
+                    running.task.cancel()
+        claims = [(sid, c) for sid, loc in self.local.items() for c in loc.running]
         if claims:
             await store.renew(claims, self.instance)
         for local in list(self.local.values()):
@@ -291,8 +296,8 @@ class SessionDriver:
     def stop_all(self) -> None:
         """Past the drain deadline: stop what still runs (its claims lapse)."""
         for local in list(self.local.values()):
-            for task in local.tasks.values():
-                task.cancel()
+            for running in local.running.values():
+                running.task.cancel()
 
     def each_attached(self) -> Iterable[tuple[LocalSession, Connection]]:
         for local in list(self.local.values()):

@@ -141,7 +141,9 @@ async def _open(
         conn.send(frame)
     if record is not None:
         conn.last_seq = local.seq = max(local.seq, record.seq, last_seq)
-        local.core.remote.update(c for c in record.running if c not in local.core.runs)
+        local.core.remote.update(
+            dict.fromkeys(c for c in record.running if c not in local.core.runs)
+        )
         # what was published between the lookup and the attach
         for seq, frame in await gw.store.frames_after(conn.session_id, conn.last_seq):
             conn.send_seq(seq, frame)

@@ -76,6 +76,8 @@ class MaskedFramesOnly:
     through the scanner, then on to the reader; from the first unmasked frame on, nothing does
     (that read included) and ``refuse`` is called once."""
 
+    __slots__ = ("_refuse", "reader", "scanner")  # one per connection: no __dict__
+
     def __init__(self, reader: WebSocketReader, refuse: Callable[[], None]) -> None:
         self.reader = reader
         self.scanner = FrameScanner()

@@ -87,7 +87,7 @@ def test_an_id_running_on_another_instance_is_attached_and_cancel_is_relayed() -
     assert session.chat("c1", "q1", "how?", draining=False) == []  # attached, not claimed again
     assert session.cancel("c1", "x1", "q1") == [CancelRemote("q1", "x1")]
     assert session.remote_frame('{"seq":9}', "q1") == [SendFrame("c1", '{"seq":9}')]
-    assert session.remote == set()
+    assert not session.remote
 
 
 def test_a_counted_claim_over_the_rate_limit_is_refused_and_nothing_runs() -> None:
@@ -194,11 +194,11 @@ def test_attaching_a_second_connection_closes_the_first() -> None:
 
 def test_interrupted_runs_are_published_once_and_only_while_still_claimed() -> None:
     session = core()
-    session.remote.add("q1")
+    session.remote["q1"] = None
     (out,) = session.interrupted(["q1"])
     assert isinstance(out, Publish) and out.only_if_claimed and out.release
     assert (body(out)["code"], body(out)["retry_after"]) == ("agent_interrupted", 1.0)
-    assert session.remote == set()
+    assert not session.remote
 
 
 def test_system_events_go_to_the_attached_connection_only() -> None:
