@@ -134,7 +134,8 @@ class Connection:
         self.closing = True
         self.closed_with = code
         if self.transport is not None:
-            self.transport.close()
+            self.transport.close()  # at once unless bytes wait in it: then after the grace
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_stuck, self.transport)
 
     def _write_now(self, frame: str) -> None:
         """Write at once while the socket keeps up (the common case), with no task per frame.
