@@ -1,10 +1,10 @@
-"""Every connection's token deadline on one timer of the event loop.
+"""Per-connection deadlines on one timer of the event loop: the token's (``token_expiring``
+ahead of ``exp``, then the 4001 close) and the heartbeat's (``heartbeat.py``).
 
-A connection lives no longer than its token: ``token_expiring`` ahead of the token's ``exp``,
-then the close with 4001 at it. A loop timer per connection held about 0.8 KiB of every idle
-connection (uvloop's handle, its libuv timer, the callback and its arguments). Here a
-connection costs one dict entry and one heap entry, and the loop holds a single timer, armed
-for the earliest deadline, so each deadline fires when it is due, as its own timer would.
+A loop timer per connection held about 0.8 KiB of every idle connection (uvloop's handle, its
+libuv timer, the callback and its arguments). Here a connection costs one dict entry and one
+heap entry, and the loop holds a single timer, armed for the earliest deadline, so each
+deadline fires when it is due, as its own timer would.
 
 ``forget`` drops a closed connection's deadline at once. Its heap entry is skipped when it comes
 due, and once dead entries outnumber live ones the heap is rebuilt from the live ones (as
@@ -104,6 +104,6 @@ class Deadlines:
                 self._on_due(due.conn_id, due.stage)  # may set this connection's next deadline
             except Exception:  # one connection's failure must not stop everyone else's
                 log.exception(
-                    "a token deadline failed", extra={"fields": {"connection": due.conn_id}}
+                    "a connection deadline failed", extra={"fields": {"connection": due.conn_id}}
                 )
         self._arm()

@@ -1,4 +1,4 @@
-"""Token deadlines on one timer: each fires when due, never early, in order; a forgotten or
+"""Connection deadlines on one timer: each fires when due, never early, in order; a forgotten or
 replaced one never fires; churn cannot grow the heap; one failing callback stops no other."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def test_one_failing_callback_stops_no_other_deadline(
     with caplog.at_level(logging.ERROR, logger="qa_ws.server"):
         await fired.until(2)
     assert [c for c, _, _ in fired.calls] == ["good", "later"]
-    assert "a token deadline failed" in caplog.text
+    assert "a connection deadline failed" in caplog.text
     deadlines.close()
 
 
