@@ -50,7 +50,7 @@ def decode_client(text: str | bytes) -> ClientEvent:
         raw = text.encode() if isinstance(text, str) else text
         # only keys cached (a few, the protocol's): what clients say stays out of jiter's cache
         data = jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys")
-    except (ValueError, UnicodeEncodeError) as exc:  # also nesting past jiter's limit (200)
+    except ValueError as exc:  # also nesting past jiter's limit (200), and UnicodeEncodeError
         duplicate = str(exc).startswith(_DUPLICATE_PREFIX)
         message = _DUPLICATE if duplicate else "the frame is not valid JSON"
         raise ProtocolError(message, code=ErrorCode.INVALID_JSON) from None

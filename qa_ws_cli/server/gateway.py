@@ -139,7 +139,7 @@ class Gateway:
             queued_bytes=conn.queued_bytes,
         )
 
-    def schedule_token_timers(self, conn: Connection, claims: Claims) -> None:
+    def watch_token(self, conn: Connection, claims: Claims) -> None:
         """``token_expiring`` ahead of the token's expiry, then the close at it: one deadline
         at a time per connection (the notice sets the close's), all on one timer."""
         if self.verifier is None:

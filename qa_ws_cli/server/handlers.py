@@ -151,7 +151,7 @@ async def _open(
     if record is not None and record.interrupted:
         await driver.apply(local, local.core.interrupted(record.interrupted))
     await gw.operator.deliver_inbox(local, conn)  # what was kept while the user was away
-    gw.schedule_token_timers(conn, conn.claims)
+    gw.watch_token(conn, conn.claims)
     gw.heartbeat.watch(conn)
     gw.metrics.connects.labels(str(record is not None).lower()).inc()
     log_event(

@@ -121,6 +121,11 @@ class StoredTurns(LazyTuple[tuple[str, str]]):
         return parse_turns(self._raw)
 
 
+def _prefix(session_id: str) -> str:
+    """What every key of the session starts with (its id as the hash tag)."""
+    return f"{PREFIX}{{{session_id}}}:"
+
+
 def turn_json(turn: tuple[str, str]) -> str:
     """``[question, answer]`` as the list ``:h`` keeps it: orjson's UTF-8, or the stdlib's
     escapes for what orjson refuses (a lone surrogate, which Redis's UTF-8 could not carry)."""
@@ -161,11 +166,11 @@ class RedisSessionStore(SessionStore):
 
     @staticmethod
     def key(session_id: str, part: str) -> str:
-        return f"{PREFIX}{{{session_id}}}:{part}"
+        return _prefix(session_id) + part
 
     def _keys(self, session_id: str, chat_id: str = "") -> list[str]:
         """The session's keys (``_PARTS``, in the scripts' order), then the chat's lease."""
-        base = f"{PREFIX}{{{session_id}}}:"
+        base = _prefix(session_id)
         keys = [base + part for part in _PARTS]
         keys.append(f"{base}l:{chat_id}")
         return keys
@@ -214,7 +219,7 @@ class RedisSessionStore(SessionStore):
     async def claim(
         self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
     ) -> ClaimResult:
-        base = f"{PREFIX}{{{session_id}}}:"
+        base = _prefix(session_id)
         keys = [base + "a", base + "c", f"{base}l:{chat_id}", base + "h"]
         lease_ms = int(self.sessions.run_lease_s * 1000)
         args: list[str | int] = [chat_id, instance, lease_ms, self._ttl]
