@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from qa_ws_cli.server.admission import ADMIN, admitted
 from qa_ws_cli.server.gateway import GATEWAY
 from qa_ws_cli.server.keys import CLAIMS
 from qa_ws_cli.server.logs import log_event
@@ -196,7 +197,7 @@ async def disconnect(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/admin/broadcast", broadcast)
-    app.router.add_post("/admin/notify", notify)
-    app.router.add_get("/admin/connections", connections)
-    app.router.add_post("/admin/disconnect", disconnect)
+    app.router.add_post("/admin/broadcast", admitted(broadcast, ADMIN))
+    app.router.add_post("/admin/notify", admitted(notify, ADMIN))
+    app.router.add_get("/admin/connections", admitted(connections, ADMIN))
+    app.router.add_post("/admin/disconnect", admitted(disconnect, ADMIN))

@@ -51,6 +51,7 @@ class Connection:
         "queue_limit",
         "queued_bytes",
         "remote",
+        "request_id",
         "session_id",
         "slot",
         "transport",
@@ -90,6 +91,7 @@ class Connection:
         self.frames_in_window = 0
         self._on_overflow = on_overflow
         self.remote = ""  # the client's address, as the request saw it
+        self.request_id = ""  # its handshake's, in its log lines
         self.connected_at = time.time()
         self.frames_in = 0  # counted by the handler's read loop
         self.frames_out = 0

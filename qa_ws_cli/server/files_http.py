@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import FileError
+from qa_ws_cli.server.admission import CHAT, SIGNED_FILE, admitted, refusal
 from qa_ws_cli.server.files import (
     FileSigner,
     FileStore,
@@ -30,7 +31,6 @@ from qa_ws_cli.server.files import (
 )
 from qa_ws_cli.server.gateway import GATEWAY
 from qa_ws_cli.server.keys import CLAIMS
-from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.sniff import clean_name, sniff
 
 FILE_STORE = web.AppKey("file_store", FileStore)
@@ -57,8 +57,8 @@ def setup(app: web.Application, store: FileStore, signer: FileSigner) -> None:
     """Register the routes, the store and the URL signer on ``app``."""
     app[FILE_STORE] = store
     app[FILE_SIGNER] = signer
-    app.router.add_post("/files", upload)
-    app.router.add_get("/files/{file_id}", download)
+    app.router.add_post("/files", admitted(upload, CHAT))
+    app.router.add_get("/files/{file_id}", admitted(download, SIGNED_FILE))
     app.cleanup_ctx.append(_lifetime)
 
 

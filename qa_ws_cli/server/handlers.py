@@ -9,18 +9,26 @@ import re
 import secrets
 import time
 from ipaddress import ip_address
+from typing import NamedTuple
 
 from aiohttp import WSMsgType, hdrs, web
 
 from qa_ws_cli.protocol.codec import encode_fields
 from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
+from qa_ws_cli.server.admission import (
+    ADMISSION,
+    REQUEST_ID_HEADER,
+    WEBSOCKET,
+    give_back_slots,
+    refusal,
+    take_slots,
+)
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.guard import GuardedHandler
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, SLOT
+from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.logs import log_event
-from qa_ws_cli.server.middlewares import refusal
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
 
@@ -48,43 +56,27 @@ async def _resumable(gw: Gateway, session_id: str | None, last_seq: int) -> Resu
         return None
 
 
+_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: admitted here, not by a wrapper (whose frame would stay with every idle
+    connection), then read in this one frame for the connection's life."""
     gw = request.app[GATEWAY]
-    claims = request[CLAIMS]
-    session_id, last_seq = _resume_point(request)
-    record = await _resumable(gw, session_id, last_seq)
-    if record is not None and record.user != claims.sub:
-        return refusal(
-            gw,
-            request,
-            403,
-            HandshakeError.SESSION_FORBIDDEN,
-            "this session belongs to another user",
-        )
-    resumed = record is not None and record.frames is not None
-    lim = gw.settings.limits
-    ws = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,),
-        autoping=False,  # pings answered and pongs seen here: the heartbeat is gw.heartbeat's
-        max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
-        compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
-        timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
-    )
-    conn = Connection(
-        ws, secrets.token_hex(8), claims, lim.send_queue_bytes, gw.overflowed, request.transport
-    )
-    conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
-    conn.slot = request.get(SLOT, "")
-    conn.remote = request.remote or ""
-    started = time.monotonic()
+    entry = await _enter(gw, request)
+    if isinstance(entry, web.StreamResponse):
+        return entry
+    conn, ws, started = entry.conn, entry.conn.ws, time.monotonic()
     try:
-        await ws.prepare(request)
+        await ws.prepare(entry.request)
         # the 101's headers are on the wire; aiohttp keeps the response (and so them) for the
         # connection's life: 0.7 KiB of every idle connection
         ws.headers.clear()
-        await _open(gw, request, conn, record if resumed else None, last_seq)
+        await _open(gw, conn, entry.record, entry.last_seq)
+        del entry  # a resumed session's replayed frames are not kept for the connection's life
         frames = gw.frames
-        async for msg in ws:
+        while True:  # ws.receive(), not ``async for``: no iterator frame held while idle
+            msg = await ws.receive()
             conn.heard_at = now = time.monotonic()
             if msg.type is WSMsgType.TEXT:
                 conn.last_seen = now
@@ -96,6 +88,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await frames.on_binary(conn)
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
+            elif msg.type in _ENDED:
+                break
         if conn.closer is not None:  # ours: read and discard until the peer's close frame
             await asyncio.wait({conn.closer}, timeout=CLOSE_READ_S + 1.0)
     except Exception:
@@ -103,13 +97,63 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
-        _closed(gw, request, conn, ws, started)
+        try:
+            _closed(gw, request, conn, ws, started)
+        finally:
+            await give_back_slots(gw, conn.user, conn.slot)
     return ws
+
+
+class _Entry(NamedTuple):
+    request: web.Request  # a trusted proxy's clone, with the client's address
+    conn: Connection  # with its slot, not yet registered
+    record: ResumeRecord | None  # the session it resumes, when it can
+    last_seq: int
+
+
+async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamResponse:
+    """The handshake's checks (admission, the session it resumes, the caps): the connection
+    to open, or the refusal."""
+    admitted = await request.app[ADMISSION].admit(request, WEBSOCKET)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    request, claims = admitted.request, admitted.claims
+    assert claims is not None  # a route that needs a token has its claims
+    session_id, last_seq = _resume_point(request)
+    record = await _resumable(gw, session_id, last_seq)
+    if record is not None and record.user != claims.sub:
+        request[REQUEST_ID] = admitted.request_id
+        return refusal(
+            gw,
+            request,
+            403,
+            HandshakeError.SESSION_FORBIDDEN,
+            "this session belongs to another user",
+        )
+    slot = await take_slots(gw, request, claims.sub)
+    if not isinstance(slot, str):
+        request[REQUEST_ID] = admitted.request_id
+        return slot
+    resumed = record is not None and record.frames is not None
+    lim = gw.settings.limits
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        autoping=False,  # pings answered and pongs seen here: the heartbeat is gw.heartbeat's
+        max_msg_size=lim.max_message_bytes + 1,  # aiohttp refuses a frame of exactly its max
+        compress=False,  # per-connection zlib state would cost far more than the 25 KiB budget
+        timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
+    )
+    ws.headers[REQUEST_ID_HEADER] = admitted.request_id
+    conn = Connection(
+        ws, secrets.token_hex(8), claims, lim.send_queue_bytes, gw.overflowed, request.transport
+    )
+    conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
+    conn.slot, conn.request_id, conn.remote = slot, admitted.request_id, request.remote or ""
+    return _Entry(request, conn, record if resumed else None, last_seq)
 
 
 async def _open(
     gw: Gateway,
-    request: web.Request,
     conn: Connection,
     record: ResumeRecord | None,
     last_seq: int,
@@ -157,7 +201,7 @@ async def _open(
     log_event(
         gw.log,
         "connect",
-        request_id=request[REQUEST_ID],
+        request_id=conn.request_id,
         user=conn.user,
         connection=conn.id,
         session=conn.session_id,
@@ -192,7 +236,7 @@ def _closed(
     log_event(
         gw.log,
         "disconnect",
-        request_id=request[REQUEST_ID],
+        request_id=conn.request_id,
         user=conn.user,
         connection=conn.id,
         session=conn.session_id,

@@ -1,4 +1,4 @@
-"""Typed keys for what the middleware's checks leave on a request for the handlers."""
+"""Typed keys for what the admission leaves on an HTTP route's request for its handler."""
 
 from __future__ import annotations
 
@@ -8,4 +8,3 @@ from qa_ws_cli.auth.tokens import Claims
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLAIMS = web.RequestKey("claims", Claims)
-SLOT = web.RequestKey("slot", str)  # the per-user connection slot held in the store

@@ -107,6 +107,53 @@ async def test_behind_a_trusted_proxy_the_cap_counts_the_forwarded_address(
         # every one of these came from 127.0.0.1: the proxy's TCP address is not what counts
 
 
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str) -> bytes:
+    """One request on a kept-alive socket; its answer's head (the bodies here are small)."""
+    writer.write(head.encode() + b"Host: x\r\nContent-Length: 0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = re.search(rb"Content-Length: (\d+)", answer, re.IGNORECASE)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    return answer
+
+
+async def test_a_request_no_route_matches_is_answered_counted_and_kept_alive(
+    tmp_path: Path,
+) -> None:
+    """No route: 404 or 405 without asking for a token, with a request id, and the guard
+    counts it (the handshake timeout no longer applies to its connection)."""
+    server = start_server(tmp_path, env={"WEBSOCKET_SERVER__HANDSHAKE_TIMEOUT_S": "1"})
+    reader, writer = await open_socket(port_of(server))
+    answer = await _answer(reader, writer, "GET /admin/nope HTTP/1.1\r\nX-Request-ID: probe-1\r\n")
+    assert answer.startswith(b"HTTP/1.1 404") and b"X-Request-ID: probe-1" in answer
+    await asyncio.sleep(1.5)  # past the handshake timeout: the socket is still served
+    answer = await _answer(reader, writer, "POST /ws HTTP/1.1\r\n")
+    assert answer.startswith(b"HTTP/1.1 405") and b"X-Request-ID: " in answer
+    writer.close()
+    assert not log_lines(server, "handshake_timeout")
+
+
+async def test_behind_a_trusted_proxy_an_unrouted_request_over_the_cap_closes_its_connection(
+    tmp_path: Path,
+) -> None:
+    server = start_server(
+        tmp_path,
+        "--no-auth",
+        env={
+            "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP": "1",
+            "WEBSOCKET_SERVER__TRUSTED_PROXIES": '["127.0.0.1/32"]',
+        },
+    )
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=forwarded):
+        reader, writer = await open_socket(port_of(server))
+        head = "GET /nope HTTP/1.1\r\nX-Forwarded-For: 203.0.113.7\r\n"
+        answer = await _answer(reader, writer, head)
+        assert answer.startswith(b"HTTP/1.1 404")  # the answer stays; the connection goes
+        assert await closed_by_server(reader, 5)
+    refused = log_lines(server, "refused")
+    assert any("error=too_many_connections" in line and "/nope" in line for line in refused)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_descriptor_exhaustion_logs_a_line_a_second_and_chats_go_on(
     tmp_path: Path, loop: str

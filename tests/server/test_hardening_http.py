@@ -137,7 +137,7 @@ async def test_control_characters_never_reach_a_console_line(
     evil_sub = "mallory\r\n12:00:00 INFO    FORGED-SUB\x1b[2J\x9b"
     tok = issue_token(make_settings(tmp_path), evil_sub)[0]
     async with aiohttp.ClientSession() as http:
-        async with http.get(http_url(server) + "/admin/%0d%0aFORGED-PATH%1b[2J") as resp:
+        async with http.get(http_url(server) + "/files/%0d%0aFORGED-PATH%1b[2J") as resp:
             assert resp.status == 401
         async with http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}) as ws:
             assert (await ws.receive_json(timeout=10))["user"] == evil_sub
