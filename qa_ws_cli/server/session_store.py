@@ -114,9 +114,9 @@ class SessionRecord:
     expires_at: float
     seq: int = 0
     events: deque[Event] | None = None  # made on first use: most sessions stay empty
-    answers: dict[str, str] = field(default_factory=dict)
+    answers: dict[str, str] | None = None  # made on first use too (an idle session has none)
     history: deque[tuple[str, str]] | None = None
-    claims: dict[str, tuple[str, float]] = field(default_factory=dict)  # chat id: (instance, lease)
+    claims: dict[str, tuple[str, float]] | None = None  # chat id: (instance, lease)
 
 
 class MemorySessionStore(SessionStore):
@@ -155,8 +155,9 @@ class MemorySessionStore(SessionStore):
         record.expires_at = now + self.sessions.ttl_s
         horizon = now - self.sessions.buffer_age_s
         frames = replay_after(record.events or (), record.seq, last_seq, horizon)
-        running = [c for c, (_, lease) in record.claims.items() if lease >= now]
-        lapsed = [c for c, (_, lease) in record.claims.items() if lease < now]
+        held = (record.claims or {}).items()
+        running = [c for c, (_, lease) in held if lease >= now]
+        lapsed = [c for c, (_, lease) in held if lease < now]
         return ResumeRecord(record.user, record.seq, frames, running, lapsed)
 
     async def claim(
@@ -170,9 +171,11 @@ class MemorySessionStore(SessionStore):
         record = self._get(session_id, now)
         if record is None:
             return Claimed()
-        stored = record.answers.get(chat_id)
+        stored = record.answers.get(chat_id) if record.answers is not None else None
         if stored is not None:
             return Answered(stored)
+        if record.claims is None:
+            record.claims = {}
         holder = record.claims.get(chat_id)
         if holder is not None and holder[1] >= now and holder[0] != instance:
             return RunningElsewhere(holder[0])
@@ -186,7 +189,7 @@ class MemorySessionStore(SessionStore):
         record = self._record(session_id, user, now)
         settings = self.sessions
         chat_id = event.reply_to
-        if event.only_if_claimed and (chat_id is None or chat_id not in record.claims):
+        if event.only_if_claimed and (chat_id is None or chat_id not in (record.claims or ())):
             return None
         record.seq = seq = max(record.seq + 1, min_seq)
         frame = with_seq(event.body, seq)
@@ -196,11 +199,13 @@ class MemorySessionStore(SessionStore):
             record.events.append((seq, now, frame))
         if chat_id is not None:
             if event.answer and settings.max_answered_ids:
+                if record.answers is None:
+                    record.answers = {}
                 answers = record.answers
                 answers[chat_id] = frame
                 if len(answers) > settings.max_answered_ids:
                     del answers[next(iter(answers))]  # the oldest: dicts keep insertion order
-            if event.release:
+            if event.release and record.claims:
                 record.claims.pop(chat_id, None)
         if event.turn is not None and settings.history_turns:
             if record.history is None:
@@ -219,7 +224,7 @@ class MemorySessionStore(SessionStore):
         lease = time.time() + self.sessions.run_lease_s
         for session_id, chat_id in claims:
             record = self.records.get(session_id)
-            if record is not None and chat_id in record.claims:
+            if record is not None and record.claims and chat_id in record.claims:
                 record.claims[chat_id] = (instance, lease)
 
     async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
@@ -227,7 +232,8 @@ class MemorySessionStore(SessionStore):
         if record is None:
             return []
         now = time.time()
-        return [c for c in chat_ids if c in record.claims and record.claims[c][1] < now]
+        held = record.claims or {}
+        return [c for c in chat_ids if c in held and held[c][1] < now]
 
     async def touch(self, session_ids: Iterable[str]) -> None:
         expires_at = time.time() + self.sessions.ttl_s
