@@ -301,9 +301,10 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
-async def take_slots(gw: Gateway, request: web.Request, user: str) -> web.Response | str:
+async def take_slots(gw: Gateway, request: web.Request, user: str, key: str) -> web.Response | None:
     """A ``/ws`` connection's caps (and draining): a slot on this server, and one of the user's
-    slots on every instance (through the store); the user slot's key, or the refusal."""
+    slots on every instance (through the store), held as ``key`` (the connection's id); None
+    once both are held, else the refusal."""
     if gw.draining:
         return refusal(
             gw,
@@ -322,7 +323,6 @@ async def take_slots(gw: Gateway, request: web.Request, user: str) -> web.Respon
             "the server is at its connection limit",
             {hdrs.RETRY_AFTER: "5"},
         )
-    key = f"{gw.instance}:{secrets.token_hex(6)}"
     max_per_user = gw.settings.server.max_connections_per_user
     try:
         reserved = await gw.store.reserve_connection(user, key, max_per_user)
@@ -339,7 +339,7 @@ async def take_slots(gw: Gateway, request: web.Request, user: str) -> web.Respon
             f"at most {max_per_user} connections per user",
             {hdrs.RETRY_AFTER: "5"},
         )
-    return key
+    return None
 
 
 async def give_back_slots(gw: Gateway, user: str, key: str) -> None:

@@ -53,7 +53,6 @@ class Connection:
         "remote",
         "request_id",
         "session_id",
-        "slot",
         "transport",
         "user",
         "writer",
@@ -77,7 +76,6 @@ class Connection:
         self.claims = claims
         self.user = claims.sub
         self.session_id = ""
-        self.slot = ""  # the per-user connection slot it holds in the store
         self.last_seq = 0  # the highest seq sent: a frame offered twice is sent once
         self.queue: deque[str] = _NO_FRAMES  # replaced by a deque of its own on first use
         self.queued_bytes = 0

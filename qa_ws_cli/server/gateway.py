@@ -240,7 +240,7 @@ class Gateway:
         if now - self._touched_at >= max(1.0, self.settings.sessions.ttl_s / 4):
             self._touched_at = now
             await self.driver.touch_attached()
-            await self.store.renew_connections((c.user, c.slot) for c in self.connections)
+            await self.store.renew_connections((c.user, c.id) for c in self.connections)
         self.metrics.sessions.set(len(self.driver.local))
         if now - self._revocations_read_at >= REVOCATIONS_READ_S:
             await self.refresh_revocations()

@@ -100,13 +100,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         try:
             _closed(gw, request, conn, ws, started)
         finally:
-            await give_back_slots(gw, conn.user, conn.slot)
+            await give_back_slots(gw, conn.user, conn.id)
     return ws
 
 
 class _Entry(NamedTuple):
     request: web.Request  # a trusted proxy's clone, with the client's address
-    conn: Connection  # with its slot, not yet registered
+    conn: Connection  # holding its slots, not yet registered
     record: ResumeRecord | None  # the session it resumes, when it can
     last_seq: int
 
@@ -130,10 +130,11 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
             HandshakeError.SESSION_FORBIDDEN,
             "this session belongs to another user",
         )
-    slot = await take_slots(gw, request, claims.sub)
-    if not isinstance(slot, str):
+    conn_id = secrets.token_hex(8)  # also the key of the user's connection slot it holds
+    refused = await take_slots(gw, request, claims.sub, conn_id)
+    if refused is not None:
         request[REQUEST_ID] = admitted.request_id
-        return slot
+        return refused
     resumed = record is not None and record.frames is not None
     lim = gw.settings.limits
     ws = web.WebSocketResponse(
@@ -144,11 +145,9 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
         timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
     )
     ws.headers[REQUEST_ID_HEADER] = admitted.request_id
-    conn = Connection(
-        ws, secrets.token_hex(8), claims, lim.send_queue_bytes, gw.overflowed, request.transport
-    )
+    conn = Connection(ws, conn_id, claims, lim.send_queue_bytes, gw.overflowed, request.transport)
     conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
-    conn.slot, conn.request_id, conn.remote = slot, admitted.request_id, request.remote or ""
+    conn.request_id, conn.remote = admitted.request_id, request.remote or ""
     return _Entry(request, conn, record if resumed else None, last_seq)
 
 
