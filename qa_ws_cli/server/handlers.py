@@ -38,10 +38,11 @@ _OWN_CLOSES = frozenset(c.value for c in CloseCode if c >= 4000)  # the protocol
 
 
 def _resume_point(request: web.Request) -> tuple[str | None, int]:
-    session_id = request.query.get("session_id") or None
+    query = request.rel_url.query  # not request.query: see remote in Admission.admit
+    session_id = query.get("session_id") or None
     if session_id is not None and not _SESSION_ID.fullmatch(session_id):
         session_id = None  # not one this server could have made: a fresh session
-    raw = request.query.get("last_seq", "0")
+    raw = query.get("last_seq", "0")
     last_seq = int(raw) if raw.isdigit() and len(raw) < 19 else -1  # -1: cannot be resumed
     return session_id, last_seq
 
@@ -147,7 +148,7 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
     ws.headers[REQUEST_ID_HEADER] = admitted.request_id
     conn = Connection(ws, conn_id, claims, lim.send_queue_bytes, gw.overflowed, request.transport)
     conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
-    conn.request_id, conn.remote = admitted.request_id, request.remote or ""
+    conn.request_id, conn.remote = admitted.request_id, admitted.remote or ""
     return _Entry(request, conn, record if resumed else None, last_seq)
 
 
