@@ -10,7 +10,9 @@ import asyncio
 import functools
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -23,6 +25,9 @@ DEFAULT_SCOPE = "chat"
 LAST_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z: later (or negative) is not a time
 
 
+NO_PAYLOAD: Mapping[str, Any] = MappingProxyType({})  # one for every connection's claims
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     sub: str
@@ -30,7 +35,7 @@ class Claims:
     iat: float
     jti: str | None
     scopes: frozenset[str]
-    raw: dict[str, Any]
+    raw: Mapping[str, Any]  # the whole payload, or NO_PAYLOAD where only the claims are kept
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -82,7 +87,7 @@ def _claims(payload: dict[str, Any], keep_payload: bool = True) -> Claims:
         iat=float(payload["iat"]),
         jti=jti if isinstance(jti, str) else None,
         scopes=scopes,
-        raw=payload if keep_payload else {},
+        raw=payload if keep_payload else NO_PAYLOAD,
     )
 
 

@@ -116,7 +116,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
             fail(f"cannot reach Redis at {where} ({type(exc).__name__})")
     if revoked:
         fail(f"token revoked (jti {claims.jti}, sub {claims.sub})")
-    out_console.print_json(json.dumps(claims.raw))
+    out_console.print_json(json.dumps(dict(claims.raw)))
     left = claims.exp - time.time()
     out_console.print(
         f"[green]valid[/]: sub={claims.sub} scopes={' '.join(sorted(claims.scopes))} "

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from qa_ws_cli.auth.tokens import Claims
+from qa_ws_cli.auth.tokens import NO_PAYLOAD, Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import Gateway
@@ -192,7 +192,7 @@ class Admission:
                     "the admin API needs authentication to be enabled",
                 )
             user = await self._anonymous_user(request) if policy.resumes else _anonymous()
-            return Claims(user, float("inf"), 0.0, None, _ANONYMOUS_SCOPES, {})
+            return Claims(user, float("inf"), 0.0, None, _ANONYMOUS_SCOPES, NO_PAYLOAD)
         token = bearer_token(request)
         if token is None:
             return _unauthorized(

@@ -305,6 +305,8 @@ class AccessLogger(AbstractAccessLogger):
     none: its ``connect`` and ``disconnect`` lines carry the same request id, and aiohttp would
     write this one only at the disconnect, with the connection's whole life as ``ms``."""
 
+    __slots__ = ()  # aiohttp makes one per connection: no __dict__ beside the base's slots
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if response.status == 101 or not self.logger.isEnabledFor(logging.INFO):
             return
