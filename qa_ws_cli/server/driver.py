@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from qa_ws_cli.agents.base import Agent, ChatContext
@@ -50,10 +51,13 @@ class RunningTask:
     context: ChatContext
 
 
+NO_TASKS: Mapping[str, RunningTask] = MappingProxyType({})  # shared by sessions running none
+
+
 @dataclass(slots=True)
 class LocalSession:
     core: SessionCore
-    running: dict[str, RunningTask] = field(default_factory=dict)  # by chat id
+    running: Mapping[str, RunningTask] = field(default_factory=lambda: NO_TASKS)  # by chat id
     # keeps publishes in seq order; made by the first publish (an asyncio.Lock is 350 bytes,
     # and most sessions of idle connections never publish)
     lock: asyncio.Lock | None = None
@@ -179,7 +183,9 @@ class SessionDriver:
         task = loop.create_task(self._run(local, start, context))
         task.add_done_callback(lambda done: self._settle(local, start.chat_id, done))
         timer = loop.call_later(self.limits.timeout_s, self._expire, local)
-        local.running[start.chat_id] = RunningTask(task, timer, context)
+        running = local.running if isinstance(local.running, dict) else {}
+        running[start.chat_id] = RunningTask(task, timer, context)
+        local.running = running
         self.running += 1
         self.idle.clear()
         self.metrics.inflight.inc()
@@ -258,7 +264,7 @@ class SessionDriver:
         running.task.cancel()
 
     def _finish(self, local: LocalSession, chat_id: str) -> None:
-        running = local.running.pop(chat_id, None)
+        running = local.running.pop(chat_id, None) if isinstance(local.running, dict) else None
         if running is not None:
             running.timer.cancel()
         self.running -= 1

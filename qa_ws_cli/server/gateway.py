@@ -58,6 +58,7 @@ class Gateway:
         self.log = logging.getLogger("qa_ws.server")
         self.metrics = Metrics()
         self.connections = ConnectionManager(settings.server.max_connections)
+        self.on_overflow = self.overflowed  # bound once: each connection holds it
         lim = settings.limits
         core_limits = CoreLimits(
             max_content_chars=lim.max_content_chars,

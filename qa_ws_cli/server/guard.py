@@ -25,6 +25,7 @@ import asyncio
 import errno
 import logging
 import resource
+import sys
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, cast
@@ -123,7 +124,8 @@ class GuardedHandler(web.RequestHandler):
                 self.guard.refused.hit(remote=address, reason="max_connections_per_ip")
                 transport.close()  # before aiohttp ever sees it: nothing is held
                 return
-            self.address = address
+            # one string for every connection from an address (its count's key), not one each
+            self.address = sys.intern(address)
         super().connection_made(transport)
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self.guard.handshake_timeout_s, self._handshake_expired)
@@ -156,11 +158,11 @@ class GuardedHandler(web.RequestHandler):
         """The upgrade (``WebSocketResponse.prepare``): aiohttp's frame reader gets the client's
         bytes through the mask check, those that came with the upgrade request included (aiohttp
         feeds them here, inside ``set_parser``)."""
-        checked = MaskedFramesOnly(parser, self._refuse_unmasked)
+        checked = MaskedFramesOnly(parser, self)
         # the handler's payload parser is duck-typed (feed_data, feed_eof) and stored as Any
         super().set_parser(cast(WebSocketReader, checked), data_received_cb)
 
-    def _refuse_unmasked(self) -> None:
+    def refuse_unmasked(self) -> None:
         """RFC 6455 5.1: close with 1002, written here since aiohttp never sees the frame."""
         self.unmasked_frame = True
         transport = self.transport

@@ -146,7 +146,7 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
         timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
     )
     ws.headers[REQUEST_ID_HEADER] = admitted.request_id
-    conn = Connection(ws, conn_id, claims, lim.send_queue_bytes, gw.overflowed, request.transport)
+    conn = Connection(ws, conn_id, claims, lim.send_queue_bytes, gw.on_overflow, request.transport)
     conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
     conn.request_id, conn.remote = admitted.request_id, admitted.remote or ""
     return _Entry(request, conn, record if resumed else None, last_seq)
@@ -185,9 +185,7 @@ async def _open(
         conn.send(frame)
     if record is not None:
         conn.last_seq = local.seq = max(local.seq, record.seq, last_seq)
-        local.core.remote.update(
-            dict.fromkeys(c for c in record.running if c not in local.core.runs)
-        )
+        local.core.running_elsewhere(record.running)
         # what was published between the lookup and the attach
         for seq, frame in await gw.store.frames_after(conn.session_id, conn.last_seq):
             conn.send_seq(seq, frame)

@@ -10,7 +10,7 @@ never looked at one by one: a read that falls inside a payload costs one subtrac
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp.http import WebSocketReader
 
@@ -71,24 +71,31 @@ class FrameScanner:
         return True
 
 
+class Refuser(Protocol):
+    """Who closes the connection on its first unmasked frame (the connection's handler)."""
+
+    def refuse_unmasked(self) -> None: ...
+
+
 class MaskedFramesOnly:
     """What ``RequestHandler.set_parser`` is given instead of aiohttp's reader: every read goes
     through the scanner, then on to the reader; from the first unmasked frame on, nothing does
-    (that read included) and ``refuse`` is called once."""
+    (that read included) and ``owner.refuse_unmasked`` is called once. (The owner, not a bound
+    method: that would be one more object on every connection.)"""
 
-    __slots__ = ("_refuse", "reader", "scanner")  # one per connection: no __dict__
+    __slots__ = ("_owner", "reader", "scanner")  # one per connection: no __dict__
 
-    def __init__(self, reader: WebSocketReader, refuse: Callable[[], None]) -> None:
+    def __init__(self, reader: WebSocketReader, owner: Refuser) -> None:
         self.reader = reader
         self.scanner = FrameScanner()
-        self._refuse: Callable[[], None] | None = refuse
+        self._owner: Refuser | None = owner
 
     def feed_data(self, data: bytes | bytearray | memoryview) -> tuple[bool, bytes]:
         if self.scanner.feed(data):
             return self.reader.feed_data(data)
-        if self._refuse is not None:
-            refuse, self._refuse = self._refuse, None
-            refuse()
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            owner.refuse_unmasked()
         return False, b""
 
     def feed_eof(self) -> None:

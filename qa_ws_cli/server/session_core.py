@@ -21,8 +21,9 @@ never cancels it. Only ``cancel``, the deadline, or the session's expiry stop it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from qa_ws_cli.protocol.codec import encode, encode_fields
@@ -167,16 +168,20 @@ def error_body(
     )
 
 
+NO_RUNS: Mapping[str, Run] = MappingProxyType({})
+NO_REMOTE: Mapping[str, None] = MappingProxyType({})
+
+
 @dataclass(slots=True)
 class SessionCore:
     session_id: str
     user: str
     limits: CoreLimits = field(default_factory=CoreLimits)
     attached: str | None = None
-    runs: dict[str, Run] = field(default_factory=dict)
-    # chat ids running on other instances: a dict as an ordered set (an empty dict is 64 bytes,
-    # an empty set 216, and nearly every session of an idle connection holds none)
-    remote: dict[str, None] = field(default_factory=dict)
+    # both shared and empty until the first write gives the session a dict of its own (64
+    # bytes each, and nearly every session of an idle connection never needs one)
+    runs: Mapping[str, Run] = field(default_factory=lambda: NO_RUNS)
+    remote: Mapping[str, None] = field(default_factory=lambda: NO_REMOTE)  # run elsewhere
 
     # -- connections -------------------------------------------------------------------------
 
@@ -193,6 +198,20 @@ class SessionCore:
         """The connection went (any close code): its runs carry on into the session."""
         if self.attached == conn:
             self.attached = None
+
+    def running_elsewhere(self, chat_ids: Iterable[str]) -> None:
+        """Chats of this session that another instance runs (its answer will come to us)."""
+        remote = self.remote if isinstance(self.remote, dict) else {}
+        remote.update(dict.fromkeys(c for c in chat_ids if c not in self.runs))
+        self.remote = remote
+
+    def _take(self, chat_id: str) -> Run | None:
+        runs = self.runs
+        return runs.pop(chat_id, None) if isinstance(runs, dict) else None
+
+    def _forget_remote(self, chat_id: str) -> None:
+        if isinstance(self.remote, dict):
+            self.remote.pop(chat_id, None)
 
     def inflight(self, conn: str | None = None) -> int:
         if conn is None or not self.runs:  # no runs: the common case of every chat
@@ -238,7 +257,9 @@ class SessionCore:
                 chat_id,
                 retry_after=1.0,
             )
-        self.runs[chat_id] = Run(conn, content, 0.0, attachments=attachments)
+        runs = self.runs if isinstance(self.runs, dict) else {}
+        runs[chat_id] = Run(conn, content, 0.0, attachments=attachments)
+        self.runs = runs
         return [Claim(chat_id)]
 
     def claimed(self, chat_id: str, result: ClaimResult, now: float) -> list[Output]:
@@ -247,18 +268,18 @@ class SessionCore:
         if run is None:  # the session expired meanwhile
             return []
         if isinstance(result, Answered):  # answered before: the same answer, no second run
-            del self.runs[chat_id]
+            self._take(chat_id)
             return [SendFrame(run.origin, result.frame)]
         if isinstance(result, RunningElsewhere):
-            del self.runs[chat_id]
-            self.remote[chat_id] = None
+            self._take(chat_id)
+            self.running_elsewhere((chat_id,))
             return []
         if isinstance(result, RateLimited):
-            del self.runs[chat_id]
+            self._take(chat_id)
             code, wait = ErrorCode.RATE_LIMITED, result.retry_after
             return self.error(run.origin, code, RATE_LIMITED_MESSAGE, chat_id, wait)
         if run.cancelled_by is not None:  # cancelled while the claim was on its way
-            del self.runs[chat_id]
+            self._take(chat_id)
             return [self._publish_error(chat_id, ErrorCode.CANCELLED)]
         run.running = True
         run.started = now
@@ -302,7 +323,7 @@ class SessionCore:
 
     def finished(self, chat_id: str, content: str, now: float, **extra: Any) -> list[Output]:
         """The agent's whole answer; ``extra`` carries optional ``agent_response`` fields."""
-        run = self.runs.pop(chat_id, None)
+        run = self._take(chat_id)
         if run is None:
             return []
         if not content:
@@ -319,13 +340,13 @@ class SessionCore:
 
     def failed(self, chat_id: str, code: str, message: str | None = None) -> list[Output]:
         """The agent failed; ``message`` is only ever a protocol code's own safe text."""
-        if self.runs.pop(chat_id, None) is None:
+        if self._take(chat_id) is None:
             return []
         return [self._publish_error(chat_id, code, message)]
 
     def stopped(self, chat_id: str) -> list[Output]:
         """The run's task ended without an outcome (we cancelled it): say why, if we know."""
-        run = self.runs.pop(chat_id, None)
+        run = self._take(chat_id)
         if run is None:
             return []
         if run.timed_out:
@@ -361,14 +382,14 @@ class SessionCore:
     def remote_frame(self, frame: str, reply_to: str | None) -> list[Output]:
         """A replayable frame another instance published into this session."""
         if reply_to is not None:
-            self.remote.pop(reply_to, None)
+            self._forget_remote(reply_to)
         return [SendFrame(self.attached, frame)] if self.attached is not None else []
 
     def interrupted(self, chat_ids: list[str]) -> list[Output]:
         """Runs whose instance died (their lease lapsed): the client may send them again."""
         out: list[Output] = []
         for chat_id in chat_ids:
-            self.remote.pop(chat_id, None)
+            self._forget_remote(chat_id)
             if chat_id in self.runs:
                 continue
             body = error_body(

@@ -194,7 +194,7 @@ def test_attaching_a_second_connection_closes_the_first() -> None:
 
 def test_interrupted_runs_are_published_once_and_only_while_still_claimed() -> None:
     session = core()
-    session.remote["q1"] = None
+    session.running_elsewhere(["q1"])
     (out,) = session.interrupted(["q1"])
     assert isinstance(out, Publish) and out.only_if_claimed and out.release
     assert (body(out)["code"], body(out)["retry_after"]) == ("agent_interrupted", 1.0)
