@@ -20,6 +20,18 @@ def token(tmp_path: Path, sub: str = "alice") -> str:
     return issue_token(make_settings(tmp_path), sub)[0]
 
 
+def behind_trusted_proxies(tmp_path: Path) -> ServerProcess:
+    """No auth, one connection per client address, loopback and 10/8 trusted as proxies."""
+    return start_server(
+        tmp_path,
+        "--no-auth",
+        env={
+            "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP": "1",
+            "WEBSOCKET_SERVER__TRUSTED_PROXIES": '["127.0.0.1/32", "10.0.0.0/8"]',
+        },
+    )
+
+
 async def chat_once(http: aiohttp.ClientSession, server: ServerProcess, tok: str, n: int) -> None:
     async with http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}) as ws:
         assert (await ws.receive_json(timeout=10))["event"] == "connected"
@@ -84,14 +96,7 @@ async def test_one_address_holds_at_most_its_cap_and_others_still_get_in(tmp_pat
 async def test_behind_a_trusted_proxy_the_cap_counts_the_forwarded_address(
     tmp_path: Path,
 ) -> None:
-    server = start_server(
-        tmp_path,
-        "--no-auth",
-        env={
-            "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP": "1",
-            "WEBSOCKET_SERVER__TRUSTED_PROXIES": '["127.0.0.1/32", "10.0.0.0/8"]',
-        },
-    )
+    server = behind_trusted_proxies(tmp_path)
     first = {"X-Forwarded-For": "203.0.113.7"}
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=first):
         for same in (
@@ -135,14 +140,7 @@ async def test_a_request_no_route_matches_is_answered_counted_and_kept_alive(
 async def test_behind_a_trusted_proxy_an_unrouted_request_over_the_cap_closes_its_connection(
     tmp_path: Path,
 ) -> None:
-    server = start_server(
-        tmp_path,
-        "--no-auth",
-        env={
-            "WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_IP": "1",
-            "WEBSOCKET_SERVER__TRUSTED_PROXIES": '["127.0.0.1/32"]',
-        },
-    )
+    server = behind_trusted_proxies(tmp_path)
     forwarded = {"X-Forwarded-For": "203.0.113.7"}
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=forwarded):
         reader, writer = await open_socket(port_of(server))
