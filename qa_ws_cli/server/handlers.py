@@ -131,11 +131,6 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
             HandshakeError.SESSION_FORBIDDEN,
             "this session belongs to another user",
         )
-    conn_id = secrets.token_hex(8)  # also the key of the user's connection slot it holds
-    refused = await take_slots(gw, request, claims.sub, conn_id)
-    if refused is not None:
-        request[REQUEST_ID] = admitted.request_id
-        return refused
     resumed = record is not None and record.frames is not None
     lim = gw.settings.limits
     ws = web.WebSocketResponse(
@@ -146,9 +141,15 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
         timeout=CLOSE_READ_S,  # after our close frame, how long we read for the peer's
     )
     ws.headers[REQUEST_ID_HEADER] = admitted.request_id
+    conn_id = secrets.token_hex(8)  # also the key of the user's connection slot it holds
     conn = Connection(ws, conn_id, claims, lim.send_queue_bytes, gw.on_overflow, request.transport)
     conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
     conn.request_id, conn.remote = admitted.request_id, admitted.remote or ""
+    # the slots last: nothing after them can fail and leave them held
+    refused = await take_slots(gw, request, claims.sub, conn_id)
+    if refused is not None:
+        request[REQUEST_ID] = admitted.request_id
+        return refused
     return _Entry(request, conn, record if resumed else None, last_seq)
 
 
