@@ -48,6 +48,7 @@ class HandshakeError(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SERVER_FULL = "server_full"
     DRAINING = "draining"
+    BAD_REQUEST = "bad_request"  # also what the guard answers a request it cannot parse
 
 
 class FileError(StrEnum):

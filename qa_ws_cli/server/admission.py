@@ -302,7 +302,7 @@ async def request_id_header(request: web.Request, response: web.StreamResponse) 
             response.force_close()
             request_id = request[REQUEST_ID]
         else:
-            request_id = outcome.request_id
+            request_id = request[REQUEST_ID] = outcome.request_id  # for the access log line
     response.headers[REQUEST_ID_HEADER] = request_id
 
 

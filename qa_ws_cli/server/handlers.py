@@ -58,6 +58,10 @@ async def _resumable(gw: Gateway, session_id: str | None, last_seq: int) -> Resu
 
 
 _ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+NOT_A_WEBSOCKET = (
+    "not a WebSocket handshake: send Upgrade: websocket, Connection: Upgrade, "
+    "a Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -70,6 +74,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conn, ws, started = entry.conn, entry.conn.ws, time.monotonic()
     try:
         await ws.prepare(entry.request)
+    except web.HTTPException:  # not a WebSocket handshake: nothing was written yet
+        await give_back_slots(gw, conn.user, conn.id)
+        request[REQUEST_ID] = conn.request_id
+        return refusal(gw, request, 400, HandshakeError.BAD_REQUEST, NOT_A_WEBSOCKET)
+    try:
         # the 101's headers are on the wire; aiohttp keeps the response (and so them) for the
         # connection's life: 0.7 KiB of every idle connection
         ws.headers.clear()

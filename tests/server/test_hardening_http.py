@@ -222,3 +222,57 @@ async def test_json_lines_carry_a_hostile_sub_intact_and_nothing_a_terminal_acts
     assert by_event["chat"]["level"] == "info" and by_event["chat"]["latency_ms"] >= 0
     assert "é" in output  # UTF-8, not \u00e9
     assert tok not in output
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # a plain GET, as a browser's address bar sends it
+        {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"},  # no key
+        {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "99",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    ],
+)
+async def test_ws_without_a_websocket_handshake_gets_a_400_and_gives_its_slot_back(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    server = start_server(tmp_path, env={"WEBSOCKET_SERVER__MAX_CONNECTIONS_PER_USER": "1"})
+    auth = {"Authorization": f"Bearer {issue_token(make_settings(tmp_path), 'alice')[0]}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):  # the user's one slot is given back each time
+            async with http.get(
+                server.url.replace("ws", "http", 1), headers=auth | headers
+            ) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"] == "bad_request"
+                assert resp.headers["X-Request-ID"]
+        async with http.ws_connect(server.url, headers=auth) as ws:
+            assert (await ws.receive_json(timeout=10))["event"] == "connected"
+    for _ in range(200):  # the lines reach the server's output a little after the answers
+        if len(log_lines(server, "error=bad_request")) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(log_lines(server, "error=bad_request")) == 3
+    output = server.output()
+    assert "Traceback" not in output and "connection handler failed" not in output
+    assert len(log_lines(server, " connect ")) == 1  # the refused ones never connected
+    assert len(log_lines(server, " disconnect ")) <= 1
+
+
+async def test_an_unrouted_request_has_the_same_id_in_its_answer_and_its_access_line(
+    server: ServerProcess,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(http_url(server) + "/nope", headers={"X-Request-ID": "probe-7"}) as resp,
+    ):
+        assert resp.status == 404 and resp.headers["X-Request-ID"] == "probe-7"
+    for _ in range(200):  # the access line is written just after the answer is sent
+        if log_lines(server, "path=/nope"):
+            break
+        await asyncio.sleep(0.05)
+    assert "request_id=probe-7" in log_lines(server, "path=/nope")[0]
