@@ -31,7 +31,7 @@ from qa_ws_cli.auth.tokens import NO_PAYLOAD, Claims
 from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import Gateway
-from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler
+from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler, in_networks
 from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
 from qa_ws_cli.server.logs import log_event
 
@@ -147,11 +147,7 @@ class Admission:
         return request
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
+        return in_networks(address, self.trusted)
 
     def _over_address_cap(self, request: web.Request, remote: str | None) -> _Refusal | None:
         """Tell the connection's guard (``server/guard.py``) that its first request arrived, and

@@ -43,6 +43,15 @@ _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENO
 log = logging.getLogger("qa_ws.server")
 
 
+def in_networks(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    """Whether ``address`` (an IP, or anything else: False) is in one of ``networks``."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 class ConnectionGuard:
     """Per-address counts of open connections, shared by every ``GuardedHandler``."""
 
@@ -61,13 +70,8 @@ class ConnectionGuard:
         return self._open.get(address, 0)
 
     def is_trusted_proxy(self, address: str) -> bool:
-        if not self._trusted:  # none configured (the default): no address to parse
-            return False
-        try:
-            ip = ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        # none configured (the default): no address to parse
+        return bool(self._trusted) and in_networks(address, self._trusted)
 
     def take(self, address: str) -> bool:
         """Count one more connection from ``address``; False (not counted) over the cap."""
