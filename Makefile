@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget perf-count run-websocket run-websocket-demo test-websocket clean
+.PHONY: install install-perf serve test lint format bench bench-ci bench-overhead perf perf-quick perf-budget perf-count perf-gate run-websocket run-websocket-demo test-websocket clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ perf-budget: install-perf  ## CPU per chat by stage in qa-ws serve (py-spy and f
 
 perf-count: install-perf  ## instructions per chat and handshake, counted by valgrind (about 2 minutes): repeatable on a busy machine
 	$(BIN)/python -m benchmarks.instructions $(ARGS)
+
+# the floors: today's shares (0.41 a chat and a handshake) less more than the run-to-run spread (8 %)
+PERF_GATE := --only bare-uvloop qa-ws --min-chat-share 0.36 --min-handshake-share 0.36
+perf-gate: install-perf  ## CI: fail when qa-ws's instructions per chat or handshake grow against bare's (valgrind, about a minute)
+	$(BIN)/python -m benchmarks.instructions $(PERF_GATE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov reports

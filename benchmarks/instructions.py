@@ -2,7 +2,7 @@
 
     python -m benchmarks.instructions [--seconds 4] [--rounds 2] [--connections 20]
         [--only qa-ws …] [--set NAME:WEBSOCKET_KEY=VALUE[,WEBSOCKET_KEY=VALUE…] …]
-        [--against REV …]
+        [--against REV …] [--min-chat-share S] [--min-handshake-share S]
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
 (start-up costs nothing), then on. For each round the counters are zeroed, the load generator
@@ -15,6 +15,12 @@ chats): compare settings within one run, each ``--set`` being one more ``qa-ws s
 those configuration variables (``--set log-warning:WEBSOCKET_LOGGING__LEVEL=WARNING``), each
 ``--against`` one more with the code of a git revision (``--against HEAD~1``: a change's own
 before and after, in one run).
+
+``--min-chat-share`` and ``--min-handshake-share`` make it a gate (``make perf-gate``, in CI):
+the run fails when ``qa-ws serve``'s share of bare aiohttp's count, on the same loop and in the
+same run, falls below the floor. A share of one run is a ratio of two counts taken minutes
+apart on one machine, so it holds on a loaded CI box where a timed figure would not; the floors
+sit below today's shares by more than the run-to-run spread (docs/performance.md).
 
 What it leaves out: the kernel's part of a chat (the ``recv`` and ``send`` system calls, the
 same for every server) and cache misses. The ratio to bare aiohttp is therefore harsher than
@@ -227,6 +233,43 @@ def render(results: list[Counted], rounds: int, seconds: float, width: int) -> s
     return "\n".join(lines)
 
 
+GATED = ("qa-ws", "qa-ws-asyncio")  # the working tree's servers; not --set or --against rows
+
+
+def gate(results: list[Counted], min_chat: float | None, min_handshake: float | None) -> list[str]:
+    """One line per gated share below its floor (none: the gate passes)."""
+    bare = {c.loop: c for c in results if c.name.startswith("bare")}
+    failures = []
+    for c in results:
+        ref = bare.get(c.loop)
+        if c.name not in GATED or ref is None:
+            continue
+        for what, floor, own, base in (
+            ("chat", min_chat, c.per_chat, ref.per_chat),
+            ("handshake", min_handshake, c.per_handshake, ref.per_handshake),
+        ):
+            share = statistics.median(base) / statistics.median(own)
+            if floor is not None and share < floor:
+                failures.append(
+                    f"{c.label} ({c.loop}): bare's share of a {what}'s instructions is "
+                    f"{share:.3f}, below the floor of {floor:.2f}"
+                )
+    return failures
+
+
+def _check_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    floors = (args.min_chat_share, args.min_handshake_share)
+    if all(f is None for f in floors):
+        return
+    if any(f is not None and not 0 < f <= 1 for f in floors):
+        parser.error("a share's floor is in (0, 1]")
+    names = set(args.only or servers())
+    loops = {"qa-ws": "bare-uvloop", "qa-ws-asyncio": "bare"}
+    gated = [n for n in GATED if n in names]
+    if not gated or any(loops[n] not in names for n in gated):
+        parser.error("a floor needs qa-ws and bare aiohttp on its loop in the run (--only)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per round and measure")
@@ -248,6 +291,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="REV",
         help="one more qa-ws serve with the package of this git revision (at most 2)",
     )
+    for what in ("chat", "handshake"):
+        parser.add_argument(
+            f"--min-{what}-share",
+            type=float,
+            metavar="S",
+            help=f"fail when bare's share of a {what}'s instructions in qa-ws serve is below S",
+        )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 30 or not 0 < args.rounds <= 5 or not 0 < args.connections <= 200:
         parser.error("--seconds in (0, 30], --rounds in (0, 5], --connections in (0, 200]")
@@ -255,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("at most 6 --set, each with a name of its own")
     if len(args.against) > 2:
         parser.error("at most 2 --against")
+    _check_gate(args, parser)
     folder = Path(tempfile.mkdtemp(prefix="qa-ws-count-"))
     runs: list[tuple[str, dict[str, str] | None, str | None]] = [
         (n, None, None) for n in args.only or servers()
@@ -267,6 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(render(results, args.rounds, args.seconds, args.connections))
     print(f"\ncallgrind dumps and server logs: {folder}")
+    if args.min_chat_share is not None or args.min_handshake_share is not None:
+        failures = gate(results, args.min_chat_share, args.min_handshake_share)
+        for line in failures:
+            print(f"FAIL: {line}")
+        if failures:
+            raise SystemExit(1)
+        print("PASS: every gated share is at or above its floor")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None
 
 @pytest.mark.timeout(240)
 def test_each_server_is_counted_per_chat_and_per_handshake(tmp_path: Path) -> None:
-    counted = [instructions.measure(name, tmp_path, 1, 0.5, 4) for name in ("bare", "qa-ws")]
+    names = ("bare-uvloop", "qa-ws")
+    counted = [instructions.measure(name, tmp_path, 1, 0.5, 4) for name in names]
     quiet = {"WEBSOCKET_LOGGING__LEVEL": "WARNING"}
     counted.append(instructions.measure("set-quiet", tmp_path, 1, 0.5, 4, quiet))
     for c in counted:
@@ -38,7 +39,12 @@ def test_each_server_is_counted_per_chat_and_per_handshake(tmp_path: Path) -> No
         # (a dump read before the load ran) or of zero would be the harness failing
         assert c.per_chat[0] > 10_000 and c.per_handshake[0] > 10_000, c
     text = instructions.render(counted, 1, 0.5, 4)
-    assert "bare aiohttp (parse JSON, answer one event) | asyncio" in text
+    assert "| bare aiohttp on uvloop | uvloop |" in text
+    # the gate on these real counts: qa-ws does more than bare, so a floor of 1 fails both
+    # shares (of qa-ws only: not of the --set variant), and a floor near 0 passes
+    assert instructions.gate(counted, 0.01, 0.01) == []
+    failures = instructions.gate(counted, 1.0, 1.0)
+    assert len(failures) == 2 and all("full features" in f for f in failures), failures
     assert "qa-ws serve, full features, echo agent" in text
     assert "| qa-ws serve, quiet (WEBSOCKET_LOGGING__LEVEL=WARNING) | uvloop |" in text
     assert list(tmp_path.glob("callgrind.qa-ws.*"))  # the dumps stay with the logs
@@ -82,3 +88,44 @@ def test_against_a_revision_runs_that_revisions_package(tmp_path: Path) -> None:
     assert not (tree / "tests").exists()  # nothing else of the repository
     with pytest.raises(RuntimeError, match="not a revision"):
         instructions.checkout("no-such-revision", tmp_path)
+
+
+def _counted(name: str, loop: str, chat: float, handshake: float) -> instructions.Counted:
+    return instructions.Counted(name, loop, name, [chat, chat], [handshake, handshake])
+
+
+def test_the_gate_compares_each_qa_ws_server_with_bare_on_its_own_loop() -> None:
+    counted = [
+        _counted("bare", "asyncio", 130_000, 790_000),
+        _counted("bare-uvloop", "uvloop", 110_000, 500_000),
+        _counted("qa-ws-asyncio", "asyncio", 300_000, 2_000_000),  # 0.433 and 0.395
+        _counted("qa-ws", "uvloop", 275_000, 1_250_000),  # 0.400 and 0.400
+        _counted("set-x", "uvloop", 900_000, 9_000_000),  # a variant is never gated
+    ]
+    assert instructions.gate(counted, 0.40, 0.395) == []
+    failures = instructions.gate(counted, 0.41, None)
+    assert failures == [
+        "qa-ws (uvloop): bare's share of a chat's instructions is 0.400, below the floor of 0.41"
+    ]
+    failures = instructions.gate(counted, None, 0.40)
+    assert len(failures) == 1 and failures[0].startswith("qa-ws-asyncio (asyncio): bare's")
+    assert "handshake's instructions is 0.395" in failures[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--only", "qa-ws", "--min-chat-share", "0.3"],  # no bare on its loop
+        ["--only", "bare", "bare-uvloop", "--min-handshake-share", "0.3"],  # no qa-ws
+        ["--only", "bare", "qa-ws", "--min-chat-share", "0.3"],  # bare on another loop
+        ["--min-chat-share", "0"],
+        ["--min-handshake-share", "1.5"],
+    ],
+)
+def test_a_floor_needs_a_share_it_can_read(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        instructions.main(argv)
+    assert exited.value.code == 2  # refused before any server starts
+    assert "floor" in capsys.readouterr().err
