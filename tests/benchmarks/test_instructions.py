@@ -110,6 +110,11 @@ def test_the_gate_compares_each_qa_ws_server_with_bare_on_its_own_loop() -> None
     failures = instructions.gate(counted, None, 0.40)
     assert len(failures) == 1 and failures[0].startswith("qa-ws-asyncio (asyncio): bare's")
     assert "handshake's instructions is 0.395" in failures[0]
+    # qa-ws counted on a loop no bare server ran on: a failure, not a pass with nothing compared
+    alone = [counted[0], _counted("qa-ws", "uvloop", 1, 1)]
+    assert instructions.gate(alone, 0.1, 0.1) == [
+        "qa-ws (uvloop): no bare aiohttp on its loop was counted"
+    ]
 
 
 @pytest.mark.parametrize(
