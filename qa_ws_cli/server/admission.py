@@ -88,7 +88,12 @@ def refusal(
     error: str,
     detail: str,
     headers: Mapping[Any, str] | None = None,
+    request_id: str | None = None,
 ) -> web.Response:
+    """The refusal's answer and its log line; ``request_id``, when the request does not carry
+    its id yet (an admitted WebSocket request), is written on it first, for both."""
+    if request_id is not None:
+        request[REQUEST_ID] = request_id
     gw.metrics.refused.labels(error).inc()
     log_event(
         log,
@@ -310,7 +315,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
-async def take_slots(gw: Gateway, request: web.Request, user: str, key: str) -> web.Response | None:
+async def take_slots(
+    gw: Gateway, request: web.Request, user: str, key: str, request_id: str
+) -> web.Response | None:
     """A ``/ws`` connection's caps (and draining): a slot on this server, and one of the user's
     slots on every instance (through the store), held as ``key`` (the connection's id); None
     once both are held, else the refusal."""
@@ -322,6 +329,7 @@ async def take_slots(gw: Gateway, request: web.Request, user: str, key: str) -> 
             HandshakeError.DRAINING,
             "the server is shutting down; reconnect shortly",
             {hdrs.RETRY_AFTER: str(max(1, gw.settings.shutdown.reconnect_after_ms // 1000))},
+            request_id,
         )
     if not gw.connections.reserve():
         return refusal(
@@ -331,6 +339,7 @@ async def take_slots(gw: Gateway, request: web.Request, user: str, key: str) -> 
             HandshakeError.SERVER_FULL,
             "the server is at its connection limit",
             {hdrs.RETRY_AFTER: "5"},
+            request_id,
         )
     max_per_user = gw.settings.server.max_connections_per_user
     try:
@@ -347,6 +356,7 @@ async def take_slots(gw: Gateway, request: web.Request, user: str, key: str) -> 
             HandshakeError.TOO_MANY_CONNECTIONS,
             f"at most {max_per_user} connections per user",
             {hdrs.RETRY_AFTER: "5"},
+            request_id,
         )
     return None
 

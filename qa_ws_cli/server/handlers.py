@@ -27,7 +27,6 @@ from qa_ws_cli.server.admission import (
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.guard import GuardedHandler
-from qa_ws_cli.server.keys import REQUEST_ID
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond
@@ -76,8 +75,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.prepare(entry.request)
     except web.HTTPException:  # not a WebSocket handshake: nothing was written yet
         await give_back_slots(gw, conn.user, conn.id)
-        request[REQUEST_ID] = conn.request_id
-        return refusal(gw, request, 400, HandshakeError.BAD_REQUEST, NOT_A_WEBSOCKET)
+        error, detail = HandshakeError.BAD_REQUEST, NOT_A_WEBSOCKET
+        return refusal(gw, request, 400, error, detail, request_id=conn.request_id)
     try:
         # the 101's headers are on the wire; aiohttp keeps the response (and so them) for the
         # connection's life: 0.7 KiB of every idle connection
@@ -132,13 +131,13 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
     session_id, last_seq = _resume_point(request)
     record = await _resumable(gw, session_id, last_seq)
     if record is not None and record.user != claims.sub:
-        request[REQUEST_ID] = admitted.request_id
         return refusal(
             gw,
             request,
             403,
             HandshakeError.SESSION_FORBIDDEN,
             "this session belongs to another user",
+            request_id=admitted.request_id,
         )
     resumed = record is not None and record.frames is not None
     lim = gw.settings.limits
@@ -155,9 +154,8 @@ async def _enter(gw: Gateway, request: web.Request) -> _Entry | web.StreamRespon
     conn.session_id = session_id if resumed and session_id else secrets.token_hex(16)
     conn.request_id, conn.remote = admitted.request_id, admitted.remote or ""
     # the slots last: nothing after them can fail and leave them held
-    refused = await take_slots(gw, request, claims.sub, conn_id)
+    refused = await take_slots(gw, request, claims.sub, conn_id, admitted.request_id)
     if refused is not None:
-        request[REQUEST_ID] = admitted.request_id
         return refused
     return _Entry(request, conn, record if resumed else None, last_seq)
 

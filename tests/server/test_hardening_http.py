@@ -276,3 +276,32 @@ async def test_an_unrouted_request_has_the_same_id_in_its_answer_and_its_access_
             break
         await asyncio.sleep(0.05)
     assert "request_id=probe-7" in log_lines(server, "path=/nope")[0]
+
+
+async def test_a_handshake_refused_at_the_caps_has_its_id_in_the_answer_and_the_log_line(
+    tmp_path: Path,
+) -> None:
+    """Refusals made after admission (the server's and the user's caps) log the request's id,
+    as the admission's own refusals do."""
+    server = start_server(tmp_path, env={"WEBSOCKET_SERVER__MAX_CONNECTIONS": "1"})
+    tok = issue_token(make_settings(tmp_path), "alice")[0]
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Authorization": f"Bearer {tok}",
+        "X-Request-ID": "probe-full",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(server.url, headers={"Authorization": f"Bearer {tok}"}),
+        http.get(server.url.replace("ws", "http", 1), headers=upgrade) as resp,
+    ):
+        assert resp.status == 503 and (await resp.json())["error"] == "server_full"
+        assert resp.headers["X-Request-ID"] == "probe-full"
+    for _ in range(200):  # the line reaches the server's output a little after the answer
+        if log_lines(server, "error=server_full"):
+            break
+        await asyncio.sleep(0.05)
+    assert "request_id=probe-full" in log_lines(server, "error=server_full")[0]
