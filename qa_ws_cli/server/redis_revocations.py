@@ -9,11 +9,14 @@ every few seconds anyway, so an announcement missed during an outage is caught u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from qa_ws_cli.auth.revocation import Revocations
 from qa_ws_cli.server.redis_sessions import as_text
@@ -22,6 +25,7 @@ IDS_KEY = "qa-ws:revoked:jti"
 SUBJECTS_KEY = "qa-ws:revoked:sub"
 CHANNEL = "qa-ws:cluster"
 ANNOUNCEMENT = json.dumps({"v": 2, "k": "revoke", "o": "cli"})
+_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def parse_revocations(
@@ -44,6 +48,25 @@ def parse_revocations(
                 live_subjects[as_text(sub)] = float(entry["before"])
         except (TypeError, ValueError, KeyError):
             continue
+    return live_ids, live_subjects
+
+
+async def read_revocations(
+    client: aioredis.Redis,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Both hashes' live entries, for an instance (asyncio); the expired ones are deleted."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(IDS_KEY)
+        pipe.hgetall(SUBJECTS_KEY)
+        ids, subjects = await pipe.execute()
+    live_ids, live_subjects = parse_revocations(ids, subjects)
+    gone_ids = [k for k in ids if as_text(k) not in live_ids]
+    gone_subjects = [k for k in subjects if as_text(k) not in live_subjects]
+    with contextlib.suppress(*_FAILURES):  # what is left is dropped at the next read
+        if gone_ids:
+            await client.hdel(IDS_KEY, *gone_ids)
+        if gone_subjects:
+            await client.hdel(SUBJECTS_KEY, *gone_subjects)
     return live_ids, live_subjects
 
 

@@ -4,7 +4,8 @@
   session, with no sticky routing and no drain needed.
 - Rate-limit counters live in Redis, a hash per user counted by one Lua script (``limits.py``).
 - Per-user connection slots are a sorted set per user, each slot a lease its instance renews,
-  so the cap counts every instance and a crashed instance's slots come back by themselves.
+  so the cap counts every instance and a crashed instance's slots come back by themselves
+  (``redis_slots.py``).
 - Instances talk over one pub/sub channel: broadcasts (each instance answers how many of its
   connections received it, so ``delivered_to`` is the cluster's), frames published into a
   session whose connection is on another instance, and relayed cancels; and the operator's
@@ -39,29 +40,25 @@ from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.limits import Limiter, RateLimiter
 from qa_ws_cli.server.redis_batch import AutoPipeline, batch_client
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
-from qa_ws_cli.server.redis_revocations import IDS_KEY, SUBJECTS_KEY, parse_revocations
-from qa_ws_cli.server.redis_sessions import RedisSessionStore, as_text
+from qa_ws_cli.server.redis_revocations import read_revocations
+from qa_ws_cli.server.redis_sessions import (
+    RedisSessionStore,
+    append_result,
+    claim_result,
+)
+from qa_ws_cli.server.redis_slots import RESERVE, RedisConnectionSlots
 from qa_ws_cli.server.session_core import ClaimResult, Publish
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
 
 CHANNEL = "qa-ws:cluster"
 KEY_PREFIX = "qa-ws:limits"
-SLOTS_PREFIX = "qa-ws:conns:"
-SLOT_LEASE_S = 30.0  # renewed every housekeeping round trip of CONNECTION_RENEW_S
 RETRY_S = 1.0  # after a failure, calls skip Redis this long
 ACK_WAIT_S = 1.0  # how long a broadcast waits for the other instances' counts
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 HEALTH_CHECK_S = 5.0  # the subscriber pings this often; silence past twice that: reconnect
 
-_RESERVE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-return 1
-"""
 
 log = logging.getLogger("qa_ws.server")
 T = TypeVar("T")
@@ -76,7 +73,7 @@ def check_store_url(url: str) -> str:
     return url
 
 
-class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
+class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Store):
     name = "redis"
 
     def __init__(
@@ -106,7 +103,7 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         # the chat path's commands (limits, claims, appends), many chats a round trip
         self._batch_client = batch_client(url, timeout_s)
         self.batch = AutoPipeline(self._batch_client, timeout_s=timeout_s)
-        self._reserve = self._redis.register_script(_RESERVE)
+        self._reserve = self._redis.register_script(RESERVE)
         # Its own client and connection: the subscription holds one for good.
         self._sub = aioredis.Redis.from_url(url, **fast)
         self._peers: list[ClusterPeer] = []
@@ -156,17 +153,20 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
         try:
             result = await call()
         except _FAILURES as exc:
-            self._down_until = time.monotonic() + RETRY_S
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "Redis unavailable (%s): serving from this instance's memory until it is back",
-                    type(exc).__name__,
-                )
+            self._failed(exc)
             return await fallback()
         if self._down:
             self._restored()
         return result
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + RETRY_S
+        if not self._down:
+            self._down = True
+            log.warning(
+                "Redis unavailable (%s): serving from this instance's memory until it is back",
+                type(exc).__name__,
+            )
 
     def _restored(self) -> None:
         self._down = False
@@ -185,10 +185,20 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
             lambda: self.local.resume(session_id, last_seq),
         )
 
+    # The chat path's two calls await the batch's reply here, not through ``_guarded``: while
+    # Redis is up (nearly always) that is two coroutines fewer to resume at each reply.
+
     async def claim(
         self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
     ) -> ClaimResult:
-        return await self._guarded(  # away, the limit fails open (as ``RateLimiter`` does)
+        if not self._down:
+            try:
+                reply = await self.send_claim(session_id, chat_id, instance, rate_user)
+            except _FAILURES as exc:
+                self._failed(exc)  # away, the limit fails open (as ``RateLimiter`` does)
+                return await self.local.claim(session_id, chat_id, instance)
+            return claim_result(reply)
+        return await self._guarded(
             lambda: RedisSessionStore.claim(self, session_id, chat_id, instance, rate_user),
             lambda: self.local.claim(session_id, chat_id, instance),
         )
@@ -196,6 +206,13 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0
     ) -> tuple[int, str] | None:
+        if not self._down:
+            try:
+                reply = await self.send_append(session_id, user, event, min_seq)
+            except _FAILURES as exc:
+                self._failed(exc)
+                return await self.local.append(session_id, user, event, min_seq)
+            return append_result(reply)
         return await self._guarded(
             lambda: RedisSessionStore.append(self, session_id, user, event, min_seq),
             lambda: self.local.append(session_id, user, event, min_seq),
@@ -233,61 +250,16 @@ class RedisStore(RedisOperatorOps, RedisSessionStore, Store):
     def prune(self) -> int:
         return self.local.prune()  # Redis expires its keys itself
 
-    # -- connection slots ----------------------------------------------------------------------
-
-    async def reserve_connection(self, user: str, key: str, max_per_user: int) -> bool:
-        async def in_redis() -> bool:
-            now_ms = int(time.time() * 1000)
-            until = now_ms + int(SLOT_LEASE_S * 1000)
-            ok = await self._reserve(
-                keys=[SLOTS_PREFIX + user], args=[now_ms, until, max_per_user, key]
-            )
-            return bool(ok)
-
-        return await self._guarded(
-            in_redis, lambda: self.local.reserve_connection(user, key, max_per_user)
-        )
-
-    async def release_connection(self, user: str, key: str) -> None:
-        await self.local.release_connection(user, key)
-        with contextlib.suppress(*_FAILURES):  # else its lease lapses by itself
-            if not self._down:
-                await self._redis.zrem(SLOTS_PREFIX + user, key)
-
-    async def renew_connections(self, slots: Iterable[tuple[str, str]]) -> None:
-        held = list(slots)
-        if not held or self._down:
-            return
-        until = int((time.time() + SLOT_LEASE_S) * 1000)
-        with contextlib.suppress(*_FAILURES):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user, key in held:
-                    pipe.zadd(SLOTS_PREFIX + user, {key: until}, xx=True)
-                    pipe.pexpireat(SLOTS_PREFIX + user, until)
-                await pipe.execute()
-
     # -- revocations -----------------------------------------------------------------------------
 
     async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:
-        """Both revocation hashes (``redis_revocations.py``); expired entries are dropped."""
+        """Both revocation hashes (``redis_revocations.py``); None while Redis is away."""
         if self._down:
             return None
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(IDS_KEY)
-                pipe.hgetall(SUBJECTS_KEY)
-                ids, subjects = await pipe.execute()
+            return await read_revocations(self._redis)
         except _FAILURES:
             return None
-        live_ids, live_subjects = parse_revocations(ids, subjects)
-        gone_ids = [k for k in ids if as_text(k) not in live_ids]
-        gone_subjects = [k for k in subjects if as_text(k) not in live_subjects]
-        with contextlib.suppress(*_FAILURES):
-            if gone_ids:
-                await self._redis.hdel(IDS_KEY, *gone_ids)
-            if gone_subjects:
-                await self._redis.hdel(SUBJECTS_KEY, *gone_subjects)
-        return live_ids, live_subjects
 
     # -- instances talking to each other ---------------------------------------------------------
 

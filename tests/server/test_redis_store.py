@@ -7,6 +7,7 @@ unless ``QA_WS_REQUIRE_ALL=1`` asks for every test to run (CI), where they fail 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -23,7 +24,8 @@ from qa_ws_cli.agents.builtin import EchoAgent
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import load_settings
 from qa_ws_cli.errors import ConfigError
-from qa_ws_cli.server.redis_store import CHANNEL, RedisStore, check_store_url
+from qa_ws_cli.server.redis_store import CHANNEL, RETRY_S, RedisStore, check_store_url
+from qa_ws_cli.server.session_core import Answered, Claimed, Publish
 from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
 from tests.redis_server import RedisServer
 from tests.server.wire import chat, close_code, connect, eventually, next_event, ping, until
@@ -190,6 +192,30 @@ async def test_redis_going_away_fails_open_and_the_subscriber_comes_back(
     assert (status, body) == (202, {"delivered_to": 2})  # both instances count again
     await until(on_b, is_broadcast("back again"))
     assert (await chat(on_b, "up0"))["type"] == "agent_response"  # counting again
+
+
+async def test_a_chat_whose_redis_goes_away_after_its_claim_is_kept_here_then_redis_again(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, timeout_s=0.3)
+    answer = Publish('{"type":"agent_response","reply_to":"c1"}', "c1", answer=True, release=True)
+    try:
+        await store.create("s1", "alice")
+        assert isinstance(await store.claim("s1", "c1", "here"), Claimed)
+        redis_server.stop()  # between the claim and the append that keeps its answer
+        kept = await store.append("s1", "alice", answer, 1)
+        assert kept is not None and kept[0] == 1 and '"seq":1' in kept[1]
+        assert not store.available
+        assert await store.claim("s1", "c1", "here") == Answered(kept[1])  # from memory
+
+        redis_server.start()
+        await asyncio.sleep(RETRY_S + 0.1)  # past the outage's retry window: Redis is asked
+        assert isinstance(await store.claim("s1", "c2", "here"), Claimed)
+        assert store.available  # a call went through: writes go to Redis again
+        second = Publish('{"type":"agent_response","reply_to":"c2"}', "c2", answer=True)
+        assert (await store.append("s1", "alice", second, 2) or (0,))[0] >= 1
+    finally:
+        await store.aclose()
 
 
 async def test_a_gateway_starts_while_redis_is_down_and_recovers_when_it_comes(
