@@ -137,9 +137,10 @@ class AutoPipeline:
             else:
                 _resolve(call, reply)
         if missing:  # load each script once, then send those again: they did not run
-            for script in {id(c.script): c.script for c in missing}.values():
-                assert script is not None
-                script.sha = await self.client.script_load(script.script)
+            async with asyncio.timeout(self.timeout_s):  # bounded as a batch is: Redis may hang
+                for script in {id(c.script): c.script for c in missing}.values():
+                    assert script is not None
+                    script.sha = await self.client.script_load(script.script)
             again = [
                 _Call(pack(("EVALSHA", c.script.sha, *c.args)), c.future, c.script)
                 for c in missing

@@ -125,6 +125,36 @@ async def test_the_first_batch_after_a_quiet_redis_restart_goes_through(
         await client.aclose()
 
 
+class HangsBeforeLoading(aioredis.Redis):
+    """A client whose Redis stops answering (SIGSTOP) just as a forgotten script is loaded."""
+
+    server: RedisServer
+
+    async def script_load(self, script: str) -> str:
+        self.server.pause()
+        return await super().script_load(script)
+
+
+async def test_redis_hanging_while_a_forgotten_script_is_loaded_costs_one_timeout(
+    redis_server: RedisServer,
+) -> None:
+    client = HangsBeforeLoading.from_url(redis_server.url, socket_timeout=None)
+    client.server = redis_server
+    batch = AutoPipeline(client, timeout_s=0.3)
+    script = client.register_script(ECHO)  # not loaded: the first EVALSHA meets NOSCRIPT
+    try:
+        async with asyncio.timeout(5):  # the load is bounded as a batch is, not left hanging
+            with pytest.raises((RedisTimeoutError, TimeoutError)):
+                await batch.script(script, ["k"], ["x"])
+            queued = batch.execute("PING")  # and what comes next is not stuck behind it
+            redis_server.resume()
+            assert await queued == b"PONG"
+    finally:
+        redis_server.resume()
+        await batch.aclose()
+        await client.aclose()
+
+
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(
     client: aioredis.Redis,
 ) -> None:
