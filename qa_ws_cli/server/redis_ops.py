@@ -6,7 +6,8 @@ A mixin of ``RedisStore`` (it uses its client, its pub/sub channel and its fallb
   each answers how many of its connections got it (the way a broadcast is counted).
 - An offline user's inbox is a Redis list per user (``qa-ws:inbox:<sub>``): pushed and trimmed
   to ``inbox_size`` in one script (the oldest go first, the count of dropped comes back), taken
-  with ``LRANGE`` + ``DEL`` in one ``MULTI``, so exactly one connect gets what it held. The key
+  by another (``LRANGE``, then ``DEL``) through the store's ``AutoPipeline`` with the other
+  connects' and chats' commands, so exactly one connect gets what it held. The key
   lives ``ttl_s`` past its newest push; older entries are dropped when taken.
 - "Who is connected" and "disconnect" are a request on the channel answered by every instance
   on a one-off list (as broadcast acks are). Chosen over a hash of connections each instance
@@ -34,6 +35,8 @@ from qa_ws_cli.server.store import InstanceReport, MemoryStore, OperatorPeer
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from qa_ws_cli.server.redis_batch import AutoPipeline
+
 INBOX_PREFIX = "qa-ws:inbox:"
 ACK_WAIT_S = 1.0
 ACK_TTL_S = 10
@@ -50,14 +53,24 @@ return over
 """
 
 
+# What an inbox held, and the inbox gone, in one step: exactly one connect gets it.
+_TAKE = """
+local held = redis.call('LRANGE', KEYS[1], 0, -1)
+if #held > 0 then redis.call('DEL', KEYS[1]) end
+return held
+"""
+
+
 class RedisOperatorOps:
     """Mixed into ``RedisStore``; what it needs from it is declared here for the type checker."""
 
     inbox_limits: InboxLimits = InboxLimits()
     _keep_script: Any = None
+    _take_script: Any = None
 
     if TYPE_CHECKING:
         _redis: aioredis.Redis
+        batch: AutoPipeline
         local: MemoryStore
 
         @property
@@ -103,10 +116,9 @@ class RedisOperatorOps:
 
     async def take_notifications(self, user: str) -> Taken:
         async def in_redis() -> Taken:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(INBOX_PREFIX + user, 0, -1)
-                pipe.delete(INBOX_PREFIX + user)
-                raw, _ = await pipe.execute()
+            if self._take_script is None:
+                self._take_script = self._redis.register_script(_TAKE)
+            raw = await self.batch.script(self._take_script, (INBOX_PREFIX + user,), ())
             notes = [n for n in map(Notification.from_json, raw) if n is not None]
             taken = split_expired(notes, self.inbox_limits.ttl_s)
             held_here = await self.local.take_notifications(user)  # kept while Redis was away

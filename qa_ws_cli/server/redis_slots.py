@@ -1,10 +1,12 @@
 """Per-user connection slots in Redis, so ``max_connections_per_user`` counts every instance.
 
-A mixin of ``RedisStore``. Each user's slots are a sorted set (``qa-ws:conns:<sub>``): a member
-per connection, scored with the time its lease runs out. Reserving drops the lapsed leases and
-counts what is left, in one script; the instance holding a connection renews its lease every
-housekeeping round, so the slots of a crashed instance come back by themselves after
-``SLOT_LEASE_S``. While Redis is away the slots are this instance's own (``MemoryStore``).
+A mixin of ``RedisStore``; its calls go through the store's ``AutoPipeline``, so a handshake's
+commands share round trips with the chats'. Each user's slots are a sorted set
+(``qa-ws:conns:<sub>``): a member per connection, scored with the time its lease runs out.
+Reserving drops the lapsed leases and counts what is left, in one script; the instance holding
+a connection renews its lease every housekeeping round, so the slots of a crashed instance come
+back by themselves after ``SLOT_LEASE_S``. While Redis is away the slots are this instance's
+own (``MemoryStore``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
 
+    from qa_ws_cli.server.redis_batch import AutoPipeline
     from qa_ws_cli.server.store import MemoryStore
 
 SLOTS_PREFIX = "qa-ws:conns:"
@@ -40,7 +44,8 @@ class RedisConnectionSlots:
 
     if TYPE_CHECKING:
         _redis: aioredis.Redis
-        _reserve: Any  # ``RESERVE``, registered on ``_redis``
+        _reserve: AsyncScript  # ``RESERVE``, registered on ``_redis``
+        batch: AutoPipeline
         _down: bool
         local: MemoryStore
 
@@ -52,10 +57,8 @@ class RedisConnectionSlots:
         async def in_redis() -> bool:
             now_ms = int(time.time() * 1000)
             until = now_ms + int(SLOT_LEASE_S * 1000)
-            ok = await self._reserve(
-                keys=[SLOTS_PREFIX + user], args=[now_ms, until, max_per_user, key]
-            )
-            return bool(ok)
+            args = (now_ms, until, max_per_user, key)
+            return bool(await self.batch.script(self._reserve, (SLOTS_PREFIX + user,), args))
 
         return await self._guarded(
             in_redis, lambda: self.local.reserve_connection(user, key, max_per_user)
@@ -65,7 +68,7 @@ class RedisConnectionSlots:
         await self.local.release_connection(user, key)
         with contextlib.suppress(*_FAILURES):  # else its lease lapses by itself
             if not self._down:
-                await self._redis.zrem(SLOTS_PREFIX + user, key)
+                await self.batch.execute("ZREM", SLOTS_PREFIX + user, key)
 
     async def renew_connections(self, slots: Iterable[tuple[str, str]]) -> None:
         held = list(slots)
