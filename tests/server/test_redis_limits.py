@@ -52,13 +52,14 @@ async def test_the_redis_limiter_answers_as_the_memory_limiter_does(
 async def test_retry_after_is_never_early_on_redis_time(client: aioredis.Redis) -> None:
     settings = RateLimitSettings(max_requests_per_minute=1000, burst=2, abuse_factor=1)
     limiter = RateLimiter(settings, client, AutoPipeline(client))  # Redis's clock
-    seconds, micros = await client.time()
-    clock = [seconds + micros / 1e6]
-    follower = RateLimiter(settings, client, AutoPipeline(client), clock=lambda: clock[0])
     assert await limiter.hit("carol") is None and await limiter.hit("carol") is None
     wait = await limiter.hit("carol")
     assert wait is not None and 0 < wait <= 1.0
-    clock[0] += wait  # exactly the wait, from before the refusal was counted: allowed
+    # the client's view: it got the refusal (Redis's time now, a moment after it was counted)
+    # and waits exactly that long; rounded down, the wait would leave it early
+    seconds, micros = await client.time()
+    clock = [seconds + micros / 1e6 + wait]
+    follower = RateLimiter(settings, client, AutoPipeline(client), clock=lambda: clock[0])
     assert await follower.hit("carol") is None
 
 
