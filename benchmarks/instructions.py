@@ -2,7 +2,7 @@
 
     python -m benchmarks.instructions [--seconds 4] [--rounds 2] [--connections 20]
         [--only qa-ws …] [--set NAME:WEBSOCKET_KEY=VALUE[,WEBSOCKET_KEY=VALUE…] …]
-        [--against REV …] [--min-chat-share S] [--min-handshake-share S]
+        [--against REV …] [--redis] [--min-chat-share S] [--min-handshake-share S]
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation off until it listens
 (start-up costs nothing), then on. For each round the counters are zeroed, the load generator
@@ -14,7 +14,8 @@ machine: fewer frames arrive per loop iteration, so each iteration's own work is
 chats): compare settings within one run, each ``--set`` being one more ``qa-ws serve`` with
 those configuration variables (``--set log-warning:WEBSOCKET_LOGGING__LEVEL=WARNING``), each
 ``--against`` one more with the code of a git revision (``--against HEAD~1``: a change's own
-before and after, in one run).
+before and after, in one run). ``--redis`` puts every qa-ws serve of the run on the Redis store
+of a redis-server it starts (redis-server's own instructions are not counted).
 
 ``--min-chat-share`` and ``--min-handshake-share`` make it a gate (``make perf-gate``, in CI):
 the run fails when ``qa-ws serve``'s share of bare aiohttp's count, on the same loop and in the
@@ -273,6 +274,18 @@ def _check_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error("a floor needs qa-ws and bare aiohttp on its loop in the run (--only)")
 
 
+def _on_redis(
+    run: tuple[str, dict[str, str] | None, str | None], url: str
+) -> tuple[str, dict[str, str] | None, str | None]:
+    """A qa-ws run (``--redis``) with the store at ``url``, its row saying so; bare as it is."""
+    name, env, label = run
+    if name.startswith("bare"):
+        return run
+    settings = ", ".join(f"{k}={v}" for k, v in (env or {}).items() if k != "PYTHONPATH")
+    label = label or LABELS.get(name) or f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
+    return name, (env or {}) | {"WEBSOCKET_STORE__URL": url}, f"{label}, Redis store"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per round and measure")
@@ -286,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="NAME:KEY=VALUE,…",
         help="one more qa-ws serve with these WEBSOCKET_ variables (repeatable, at most 6)",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="every qa-ws serve (--set and --against too) on the Redis store of a redis-server "
+        "this run starts",
     )
     parser.add_argument(
         "--against",
@@ -316,9 +335,18 @@ def main(argv: list[str] | None = None) -> None:
     runs += [(name, env, None) for name, env in args.set]
     runs += [checkout(rev, folder) for rev in dict.fromkeys(args.against)]
     width = args.connections
-    results = [
-        measure(n, folder, args.rounds, args.seconds, width, env, label) for n, env, label in runs
-    ]
+    redis = None
+    if args.redis:
+        redis, url = procs.redis_server(folder)
+        runs = [_on_redis(run, url) for run in runs]
+    try:
+        results = [
+            measure(n, folder, args.rounds, args.seconds, width, env, label)
+            for n, env, label in runs
+        ]
+    finally:
+        if redis is not None:
+            redis.stop()
     print(render(results, args.rounds, args.seconds, args.connections))
     print(f"\ncallgrind dumps and server logs: {folder}")
     if args.min_chat_share is not None or args.min_handshake_share is not None:

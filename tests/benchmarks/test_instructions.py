@@ -134,3 +134,19 @@ def test_a_floor_needs_a_share_it_can_read(
         instructions.main(argv)
     assert exited.value.code == 2  # refused before any server starts
     assert "floor" in capsys.readouterr().err
+
+
+def test_redis_puts_every_qa_ws_run_and_no_bare_one_on_the_store() -> None:
+    url = "redis://127.0.0.1:6399/0"
+    assert instructions._on_redis(("bare-uvloop", None, None), url) == ("bare-uvloop", None, None)
+    _, env, label = instructions._on_redis(("qa-ws", None, None), url)
+    assert env == {"WEBSOCKET_STORE__URL": url}
+    assert label == "qa-ws serve, full features, echo agent, Redis store"
+    quiet = {"WEBSOCKET_LOGGING__LEVEL": "WARNING"}
+    _, env, label = instructions._on_redis(("set-quiet", quiet, None), url)
+    assert env == quiet | {"WEBSOCKET_STORE__URL": url}
+    assert label == "qa-ws serve, quiet (WEBSOCKET_LOGGING__LEVEL=WARNING), Redis store"
+    _, env, label = instructions._on_redis(("rev-abc", {"PYTHONPATH": "/t"}, "at HEAD"), url)
+    assert (
+        env == {"PYTHONPATH": "/t", "WEBSOCKET_STORE__URL": url} and label == "at HEAD, Redis store"
+    )
