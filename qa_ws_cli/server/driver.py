@@ -244,7 +244,9 @@ class SessionDriver:
 
     @staticmethod
     def _log_chat(fields: dict[str, Any], chat_id: str, result: RunOutcome, started: float) -> None:
-        latency = result.latency_ms or round((time.perf_counter() - started) * 1000, 1)
+        latency = result.latency_ms
+        if latency is None:  # no whole answer (an error): the time until the run ended
+            latency = round((time.perf_counter() - started) * 1000, 1)
         log_event(
             chat_log,
             "chat",

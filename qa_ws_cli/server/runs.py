@@ -209,7 +209,7 @@ class AgentRun:
 def _finished(core: SessionCore, chat_id: str, content: str, extra: dict[str, Any]) -> RunOutcome:
     now = time.perf_counter()
     latency = core.latency_ms(chat_id, now)
-    outputs = core.finished(chat_id, content, now, **extra)
+    outputs = core.finished(chat_id, content, now, latency, **extra)
     return RunOutcome(outputs, "ok" if content else "agent_error", latency if content else None)
 
 

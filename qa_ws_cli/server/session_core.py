@@ -321,14 +321,23 @@ class SessionCore:
             return []
         return [SendFrame(self.attached, frame)]
 
-    def finished(self, chat_id: str, content: str, now: float, **extra: Any) -> list[Output]:
-        """The agent's whole answer; ``extra`` carries optional ``agent_response`` fields."""
+    def finished(
+        self,
+        chat_id: str,
+        content: str,
+        now: float,
+        latency_ms: float | None = None,
+        **extra: Any,
+    ) -> list[Output]:
+        """The agent's whole answer; ``extra`` carries optional ``agent_response`` fields.
+        ``latency_ms``: the caller's ``latency_ms(chat_id, now)``, not computed twice."""
         run = self._take(chat_id)
         if run is None:
             return []
         if not content:
             return [self._publish_error(chat_id, ErrorCode.AGENT_ERROR)]
-        latency_ms = round((now - run.started) * 1000, 1)
+        if latency_ms is None:
+            latency_ms = round((now - run.started) * 1000, 1)
         fields = {"reply_to": chat_id, "content": content, "latency_ms": latency_ms}
         if extra or type(content) is not str:  # tools, files; or not text, which the model refuses
             body = encode(AgentResponse(**fields, **extra))
