@@ -36,6 +36,9 @@ from qa_ws_cli.protocol.events import (
 
 _client_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 _server_adapter: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
+# the adapter's own validator (a documented attribute): ``TypeAdapter.validate_python`` is a
+# Python wrapper that checks its keyword arguments first, on every frame
+_validate_client = _client_adapter.validator.validate_python
 _id_re = re.compile(ID_PATTERN)
 
 
@@ -55,7 +58,8 @@ def decode_client(text: str | bytes) -> ClientEvent:
         message = _DUPLICATE if duplicate else "the frame is not valid JSON"
         raise ProtocolError(message, code=ErrorCode.INVALID_JSON) from None
     try:
-        return _client_adapter.validate_python(data)
+        event: ClientEvent = _validate_client(data)
+        return event
     except ValidationError as exc:
         raise _explain(data, exc) from None
 
