@@ -149,22 +149,28 @@ class SessionDriver:
         task.add_done_callback(self._background.discard)
 
     async def publish(self, local: LocalSession, event: Publish) -> None:
-        core = local.core
         if event.error is not None:
             self.metrics.errors[event.error].inc()
+        if self.store.appends_in_one_step:  # in order without a lock: none can interleave
+            await self._publish(local, event)
+            return
         if local.lock is None:
             local.lock = asyncio.Lock()
-        async with local.lock:
-            kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
-            if kept is None:
-                return
-            seq, frame = kept
-            local.seq = seq
-            conn = self.connections.get(core.attached) if core.attached else None
-            if conn is not None:
-                conn.send_seq(seq, frame)
-            else:  # perhaps attached on another instance
-                await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
+        async with local.lock:  # one append at a time: its seq and frame go out in order
+            await self._publish(local, event)
+
+    async def _publish(self, local: LocalSession, event: Publish) -> None:
+        core = local.core
+        kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
+        if kept is None:
+            return
+        seq, frame = kept
+        local.seq = seq
+        conn = self.connections.get(core.attached) if core.attached else None
+        if conn is not None:
+            conn.send_seq(seq, frame)
+        else:  # perhaps attached on another instance
+            await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
 
     async def claim(
         self, local: LocalSession, chat_id: str, rate_user: str | None = None

@@ -53,6 +53,9 @@ class OperatorPeer(Protocol):
 
 class Store(SessionStore):
     name: str
+    # True when a session's appends cannot interleave: each finishes in the step it starts
+    # (memory). Else (Redis: each waits for a reply) the driver takes the session's lock
+    appends_in_one_step: bool = False
 
     @abstractmethod
     def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
@@ -146,6 +149,7 @@ class Store(SessionStore):
 
 class MemoryStore(MemorySessionStore, Store):
     name = "memory"
+    appends_in_one_step = True
 
     def __init__(self) -> None:
         super().__init__()
