@@ -8,7 +8,10 @@ deadline fires when it is due, as its own timer would.
 
 ``forget`` drops a closed connection's deadline at once. Its heap entry is skipped when it comes
 due, and once dead entries outnumber live ones the heap is rebuilt from the live ones (as
-asyncio does with its own cancelled timers), so churn cannot grow it without bound.
+asyncio does with its own cancelled timers), so churn cannot grow it without bound. The timer
+is armed again only for an earlier deadline: when the earliest was forgotten, the timer still
+fires at its time, finds nothing due, and is armed for the next (one wake-up, where re-arming
+it at once would cost every short-lived connection a timer cancelled and made).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._armed_for = math.inf
         self._live.clear()
         self._heap.clear()
 
@@ -82,8 +86,8 @@ class Deadlines:
         while self._heap and self._live.get(self._heap[0].conn_id) != self._heap[0]:
             heapq.heappop(self._heap)  # dead: forgotten, or replaced by a later ``set``
         when = self._heap[0].when if self._heap else math.inf
-        if when == self._armed_for:
-            return
+        if when >= self._armed_for:  # the armed timer comes first: ``_fire`` arms the next
+            return  # (a connection that came and went re-arms nothing: its handshake's cost)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

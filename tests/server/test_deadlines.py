@@ -56,6 +56,25 @@ async def test_a_forgotten_or_replaced_deadline_never_fires() -> None:
     deadlines.close()
 
 
+async def test_the_next_deadline_fires_on_time_after_the_earliest_is_forgotten() -> None:
+    fired = Fired()
+    deadlines = Deadlines(fired)
+    now = time.time()
+    deadlines.set("first", now + 0.05, 0)  # the timer is armed for it
+    deadlines.set("second", now + 0.15, 0)
+    deadlines.forget("first")  # its connection closed: the timer still wakes at 0.05
+    deadlines.set("third", now + 0.25, 0)
+    await fired.until(2)
+    assert [(c, s) for c, s, _ in fired.calls] == [("second", 0), ("third", 0)]
+    for (_, _, at), due in zip(fired.calls, (0.15, 0.25), strict=True):
+        assert at >= now + due  # neither early (the wake-up at 0.05 fired nothing) nor lost
+    deadlines.close()
+    deadlines.set("after close", time.time() + 0.05, 0)  # a fresh start arms a timer again
+    await fired.until(3)
+    assert fired.calls[-1][0] == "after close"
+    deadlines.close()
+
+
 async def test_a_callback_sets_the_connection_s_next_deadline() -> None:
     """The token's notice, then its close, as the gateway chains them."""
     fired = Fired()
