@@ -35,7 +35,7 @@ from qa_ws_cli.server.session_core import (
     SessionCore,
     StartRun,
 )
-from qa_ws_cli.server.store import Store
+from qa_ws_cli.server.store import MemoryStore, Store
 
 log = logging.getLogger("qa_ws.server")
 chat_log = logging.getLogger("qa_ws.chat")
@@ -77,6 +77,9 @@ class SessionDriver:
         signer: FileSigner | None = None,
     ) -> None:
         self.store = store
+        # The memory store answers in the step it is asked: its plain calls, and no lock (no
+        # two appends of a session can interleave). The others' (Redis) wait for a reply.
+        self.memory = store if isinstance(store, MemoryStore) else None
         self.runner = AgentRun(
             agent, files, signer, connections.get, on_first_piece=metrics.first_delta.observe
         )
@@ -151,7 +154,7 @@ class SessionDriver:
     async def publish(self, local: LocalSession, event: Publish) -> None:
         if event.error is not None:
             self.metrics.errors[event.error].inc()
-        if self.store.appends_in_one_step:  # in order without a lock: none can interleave
+        if self.memory is not None:
             await self._publish(local, event)
             return
         if local.lock is None:
@@ -160,8 +163,11 @@ class SessionDriver:
             await self._publish(local, event)
 
     async def _publish(self, local: LocalSession, event: Publish) -> None:
-        core = local.core
-        kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
+        core, memory = local.core, self.memory
+        if memory is not None:
+            kept = memory.append_now(core.session_id, core.user, event, local.seq + 1)
+        else:
+            kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
         if kept is None:
             return
         seq, frame = kept
@@ -177,8 +183,11 @@ class SessionDriver:
     ) -> ClaimResult:
         """Claim ``chat_id`` in the store (counted against ``rate_user``'s rate limit, when
         given) and carry out what the core makes of the answer; the answer, for the caller."""
-        core = local.core
-        result = await self.store.claim(core.session_id, chat_id, self.instance, rate_user)
+        core, memory = local.core, self.memory
+        if memory is not None:
+            result = memory.claim_counted(core.session_id, chat_id, self.instance, rate_user)
+        else:
+            result = await self.store.claim(core.session_id, chat_id, self.instance, rate_user)
         await self.apply(local, core.claimed(chat_id, result, time.perf_counter()))
         return result
 

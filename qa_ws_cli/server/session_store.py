@@ -185,6 +185,12 @@ class MemorySessionStore(SessionStore):
     async def append(
         self, session_id: str, user: str, event: Publish, min_seq: int = 0
     ) -> tuple[int, str] | None:
+        return self.append_now(session_id, user, event, min_seq)
+
+    def append_now(
+        self, session_id: str, user: str, event: Publish, min_seq: int = 0
+    ) -> tuple[int, str] | None:
+        """``append`` for a caller that need not await (the driver, on the memory store)."""
         now = time.time()
         record = self._record(session_id, user, now)
         settings = self.sessions

@@ -53,9 +53,6 @@ class OperatorPeer(Protocol):
 
 class Store(SessionStore):
     name: str
-    # True when a session's appends cannot interleave: each finishes in the step it starts
-    # (memory). Else (Redis: each waits for a reply) the driver takes the session's lock
-    appends_in_one_step: bool = False
 
     @abstractmethod
     def rate_limiter(self, settings: RateLimitSettings) -> Limiter:
@@ -149,7 +146,6 @@ class Store(SessionStore):
 
 class MemoryStore(MemorySessionStore, Store):
     name = "memory"
-    appends_in_one_step = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,11 +163,17 @@ class MemoryStore(MemorySessionStore, Store):
     async def claim(
         self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
     ) -> ClaimResult:
+        return self.claim_counted(session_id, chat_id, instance, rate_user)
+
+    def claim_counted(
+        self, session_id: str, chat_id: str, instance: str, rate_user: str | None = None
+    ) -> ClaimResult:
+        """``claim`` for a caller that need not await (the driver, on the memory store)."""
         if rate_user is not None and self.limiter is not None:
             retry_after = self.limiter.count(rate_user)
             if retry_after is not None:
                 return RateLimited(retry_after)
-        return self.claim_now(session_id, chat_id, instance)  # one coroutine a chat, not two
+        return self.claim_now(session_id, chat_id, instance)
 
     def attach_peer(self, peer: ClusterPeer) -> None:
         self._peers.append(peer)
