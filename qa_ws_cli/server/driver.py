@@ -154,29 +154,32 @@ class SessionDriver:
     async def publish(self, local: LocalSession, event: Publish) -> None:
         if event.error is not None:
             self.metrics.errors[event.error].inc()
-        if self.memory is not None:
-            await self._publish(local, event)
+        core, memory = local.core, self.memory
+        if memory is not None:  # kept in this step: no lock, and no other instance to tell
+            self._send_kept(
+                local, memory.append_now(core.session_id, core.user, event, local.seq + 1)
+            )
             return
         if local.lock is None:
             local.lock = asyncio.Lock()
         async with local.lock:  # one append at a time: its seq and frame go out in order
-            await self._publish(local, event)
-
-    async def _publish(self, local: LocalSession, event: Publish) -> None:
-        core, memory = local.core, self.memory
-        if memory is not None:
-            kept = memory.append_now(core.session_id, core.user, event, local.seq + 1)
-        else:
             kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
+            if kept is not None and not self._send_kept(local, kept):
+                seq, frame = kept  # perhaps attached on another instance
+                await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
+
+    def _send_kept(self, local: LocalSession, kept: tuple[int, str] | None) -> bool:
+        """A kept frame to the session's connection on this instance; False if it has none."""
         if kept is None:
-            return
+            return True  # not kept (its claim was gone): nothing to send anywhere
         seq, frame = kept
         local.seq = seq
-        conn = self.connections.get(core.attached) if core.attached else None
-        if conn is not None:
-            conn.send_seq(seq, frame)
-        else:  # perhaps attached on another instance
-            await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
+        attached = local.core.attached
+        conn = self.connections.get(attached) if attached else None
+        if conn is None:
+            return False
+        conn.send_seq(seq, frame)
+        return True
 
     async def claim(
         self, local: LocalSession, chat_id: str, rate_user: str | None = None
