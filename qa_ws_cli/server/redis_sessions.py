@@ -205,10 +205,10 @@ class RedisSessionStore(SessionStore):
 
     async def create(self, session_id: str, user: str) -> None:
         meta = self.key(session_id, "m")
-        written = self.batch.execute("HSET", meta, "user", user, "seq", 0)
-        expiring = self.batch.execute("EXPIRE", meta, self._ttl)  # the same batch, in order
-        await written
-        await expiring
+        await asyncio.gather(  # one batch, in order; a failure of either is retrieved here
+            self.batch.execute("HSET", meta, "user", user, "seq", 0),
+            self.batch.execute("EXPIRE", meta, self._ttl),
+        )
 
     async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
         keys = self._keys(session_id)
