@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from redis.exceptions import RedisError
-
 from qa_ws_cli.config import RateLimitSettings
 from qa_ws_cli.server.memory_limits import round_retry
+from qa_ws_cli.server.redis_batch import REDIS_FAILURES
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 STORAGE_WARNING_INTERVAL_S = 10.0
 STORAGE_RETRY_S = 1.0
 KEY_TTL_S = 120  # the minute window needs the previous minute's count, no older
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 # The time is given ('' for Redis's own clock, ``TIME``) so tests can set it.
 _NOW = """
@@ -154,7 +152,7 @@ class RateLimiter:
         try:
             args = self.script_args()
             wait = await self._batch.script(self._hit, [self.key(user)], args)
-        except _FAILURES as exc:  # fail open: a Redis outage must not stop every chat
+        except REDIS_FAILURES as exc:  # fail open: a Redis outage must not stop every chat
             self._failed(exc)
             return None
         # rounded up: a client that waits exactly this long must not be early
@@ -181,6 +179,6 @@ class RateLimiter:
         try:
             args = (KEY_TTL_S, self._now())
             count = await self._batch.script(self._abuse, [self.key(user)], args)
-        except _FAILURES:
+        except REDIS_FAILURES:
             return False  # Redis is away: hit() fails open and says so
         return int(count) > self.abuse_threshold

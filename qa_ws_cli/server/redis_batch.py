@@ -44,7 +44,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ IDLE_CHECK_S = 1
 
 # errors of the connection rather than of one command: they fail the batch and its followers
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# what a call to Redis raises when Redis is away, hung, or refuses the command: every caller
+# of the store falls back on these (to this instance's memory, or failing open)
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)

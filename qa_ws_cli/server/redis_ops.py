@@ -27,9 +27,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisError
-
 from qa_ws_cli.server.notifications import InboxLimits, Notification, Taken, split_expired
+from qa_ws_cli.server.redis_batch import REDIS_FAILURES
 from qa_ws_cli.server.store import InstanceReport, MemoryStore, OperatorPeer
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 INBOX_PREFIX = "qa-ws:inbox:"
 ACK_WAIT_S = 1.0
 ACK_TTL_S = 10
-_FAILURES = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")
 log = logging.getLogger("qa_ws.server")
 
@@ -182,7 +180,7 @@ class RedisOperatorOps:
         """The answers of ``expected`` instances (those that answered within ``ACK_WAIT_S``)."""
         deadline = time.monotonic() + ACK_WAIT_S
         items: list[bytes | str] = []
-        with contextlib.suppress(*_FAILURES):
+        with contextlib.suppress(*REDIS_FAILURES):
             while expected > 0:
                 items = await self._redis.lrange(ack, 0, -1)
                 if len(items) >= expected or time.monotonic() > deadline:

@@ -16,16 +16,15 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from qa_ws_cli.auth.revocation import Revocations
+from qa_ws_cli.server.redis_batch import REDIS_FAILURES
 from qa_ws_cli.server.redis_sessions import as_text
 
 IDS_KEY = "qa-ws:revoked:jti"
 SUBJECTS_KEY = "qa-ws:revoked:sub"
 CHANNEL = "qa-ws:cluster"
 ANNOUNCEMENT = json.dumps({"v": 2, "k": "revoke", "o": "cli"})
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def parse_revocations(
@@ -62,7 +61,7 @@ async def read_revocations(
     live_ids, live_subjects = parse_revocations(ids, subjects)
     gone_ids = [k for k in ids if as_text(k) not in live_ids]
     gone_subjects = [k for k in subjects if as_text(k) not in live_subjects]
-    with contextlib.suppress(*_FAILURES):  # what is left is dropped at the next read
+    with contextlib.suppress(*REDIS_FAILURES):  # what is left is dropped at the next read
         if gone_ids:
             await client.hdel(IDS_KEY, *gone_ids)
         if gone_subjects:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
-from redis.exceptions import RedisError
+from qa_ws_cli.server.redis_batch import REDIS_FAILURES
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 SLOTS_PREFIX = "qa-ws:conns:"
 SLOT_LEASE_S = 30.0  # renewed every housekeeping round trip of CONNECTION_RENEW_S
 T = TypeVar("T")
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 RESERVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -66,7 +65,7 @@ class RedisConnectionSlots:
 
     async def release_connection(self, user: str, key: str) -> None:
         await self.local.release_connection(user, key)
-        with contextlib.suppress(*_FAILURES):  # else its lease lapses by itself
+        with contextlib.suppress(*REDIS_FAILURES):  # else its lease lapses by itself
             if not self._down:
                 await self.batch.execute("ZREM", SLOTS_PREFIX + user, key)
 
@@ -75,7 +74,7 @@ class RedisConnectionSlots:
         if not held or self._down:
             return
         until = int((time.time() + SLOT_LEASE_S) * 1000)
-        with contextlib.suppress(*_FAILURES):
+        with contextlib.suppress(*REDIS_FAILURES):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user, key in held:
                     pipe.zadd(SLOTS_PREFIX + user, {key: until}, xx=True)

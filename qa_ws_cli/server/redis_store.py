@@ -33,12 +33,11 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from qa_ws_cli.config import RateLimitSettings, SessionSettings, store_scheme_problem
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.limits import Limiter, RateLimiter
-from qa_ws_cli.server.redis_batch import AutoPipeline, batch_client
+from qa_ws_cli.server.redis_batch import REDIS_FAILURES, AutoPipeline, batch_client
 from qa_ws_cli.server.redis_ops import RedisOperatorOps
 from qa_ws_cli.server.redis_revocations import read_revocations
 from qa_ws_cli.server.redis_sessions import (
@@ -62,7 +61,6 @@ HEALTH_CHECK_S = 5.0  # the subscriber pings this often; silence past twice that
 
 log = logging.getLogger("qa_ws.server")
 T = TypeVar("T")
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def check_store_url(url: str) -> str:
@@ -152,7 +150,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
             return await fallback()
         try:
             result = await call()
-        except _FAILURES as exc:
+        except REDIS_FAILURES as exc:
             self._failed(exc)
             return await fallback()
         if self._down:
@@ -194,7 +192,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         if not self._down:
             try:
                 reply = await self.send_claim(session_id, chat_id, instance, rate_user)
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed(exc)  # away, the limit fails open (as ``RateLimiter`` does)
                 return await self.local.claim(session_id, chat_id, instance)
             return claim_result(reply)
@@ -209,7 +207,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         if not self._down:
             try:
                 reply = await self.send_append(session_id, user, event, min_seq)
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed(exc)
                 return await self.local.append(session_id, user, event, min_seq)
             return append_result(reply)
@@ -258,7 +256,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
             return None
         try:
             return await read_revocations(self._redis)
-        except _FAILURES:
+        except REDIS_FAILURES:
             return None
 
     # -- instances talking to each other ---------------------------------------------------------
@@ -268,7 +266,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         envelope = json.dumps({"v": 2, "k": kind, "o": self.instance, **fields})
         try:
             return int(await self._redis.publish(self.channel, envelope))
-        except _FAILURES as exc:
+        except REDIS_FAILURES as exc:
             log.warning("not published to the other instances (%s)", type(exc).__name__)
             return 0
 
@@ -285,7 +283,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
     async def _acks(self, ack: str, expected: int) -> int:
         deadline = time.monotonic() + ACK_WAIT_S
         counts: list[bytes | str] = []
-        with contextlib.suppress(*_FAILURES):
+        with contextlib.suppress(*REDIS_FAILURES):
             while expected > 0:
                 counts = await self._redis.lrange(ack, 0, -1)
                 if len(counts) >= expected or time.monotonic() > deadline:
