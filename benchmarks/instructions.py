@@ -184,11 +184,7 @@ def measure(
 ) -> Counted:
     server = start(name, folder, env)
     try:
-        if label is None and env:
-            settings = ", ".join(f"{k}={v}" for k, v in env.items())
-            label = f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
-        label = label or LABELS.get(name, name)
-        counted = Counted(name, server.loop(), label)
+        counted = Counted(name, server.loop(), label or row_label(name, env))
         chat = ("--connections", str(width), "--seconds", str(seconds))
         loadgen(server, "chat", *chat, timeout=300)  # warm-up: first-call paths, caches
         shake = ("--connections", "2", "--seconds", str(seconds))
@@ -274,6 +270,14 @@ def _check_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error("a floor needs qa-ws and bare aiohttp on its loop in the run (--only)")
 
 
+def row_label(name: str, env: dict[str, str] | None) -> str:
+    """A server's row: its name's label, or a ``--set`` variant's name and settings."""
+    if not env:
+        return LABELS.get(name, name)
+    settings = ", ".join(f"{k}={v}" for k, v in env.items())
+    return f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
+
+
 def _on_redis(
     run: tuple[str, dict[str, str] | None, str | None], url: str
 ) -> tuple[str, dict[str, str] | None, str | None]:
@@ -281,8 +285,7 @@ def _on_redis(
     name, env, label = run
     if name.startswith("bare"):
         return run
-    settings = ", ".join(f"{k}={v}" for k, v in (env or {}).items() if k != "PYTHONPATH")
-    label = label or LABELS.get(name) or f"qa-ws serve, {name.removeprefix('set-')} ({settings})"
+    label = label or row_label(name, env)  # before the store's URL joins the settings
     return name, (env or {}) | {"WEBSOCKET_STORE__URL": url}, f"{label}, Redis store"
 
 

@@ -58,8 +58,8 @@ NO_TASKS: Mapping[str, RunningTask] = MappingProxyType({})  # shared by sessions
 class LocalSession:
     core: SessionCore
     running: Mapping[str, RunningTask] = field(default_factory=lambda: NO_TASKS)  # by chat id
-    # keeps publishes in seq order; made by the first publish (an asyncio.Lock is 350 bytes,
-    # and most sessions of idle connections never publish)
+    # keeps publishes in seq order on a store whose appends wait (Redis); made by the first
+    # publish there (an asyncio.Lock is 350 bytes, and most idle sessions never publish)
     lock: asyncio.Lock | None = None
     seq: int = 0  # the highest seq this instance saw: a floor while the store was away
 
