@@ -25,16 +25,19 @@ TOOL_ARGS_MAX_DEPTH = 4
 ELLIPSIS = "…"
 
 _ts_cache: list[Any] = [-1, ""]
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def utc_timestamp(now: float | None = None) -> str:
-    """RFC 3339 UTC with milliseconds; the second part is cached (it is on every frame)."""
+    """RFC 3339 UTC with milliseconds; the second part is cached and the millisecond parts
+    made once (it is on every frame)."""
     now = time.time() if now is None else now
     sec = int(now)
     if sec != _ts_cache[0]:
         _ts_cache[0] = sec
         _ts_cache[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_ts_cache[1]}.{int((now - sec) * 1000):03d}Z"
+    second: str = _ts_cache[1]
+    return second + _MILLIS[int((now - sec) * 1000)]
 
 
 class _Event(BaseModel):

@@ -9,7 +9,6 @@ stored or not, is sent).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -118,8 +117,9 @@ class FrameHandler:
     def over_budget(self, conn: Connection) -> bool:
         """The per-connection frame budget, over every frame type: past
         ``limits.max_frames_per_second`` a frame is answered ``rate_limited`` and not read.
-        A plain call (the check of every frame); only a refusal awaits."""
-        now = int(time.monotonic())
+        A plain call (the check of every frame); only a refusal awaits. It counts in the
+        second the reader heard the frame (``heard_at``, just set)."""
+        now = int(conn.heard_at)
         if now != conn.frame_window:
             conn.frame_window, conn.frames_in_window = now, 0
         conn.frames_in_window += 1

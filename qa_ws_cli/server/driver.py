@@ -116,21 +116,21 @@ class SessionDriver:
     # -- outputs -----------------------------------------------------------------------------
 
     async def apply(self, local: LocalSession, outputs: Iterable[Output]) -> None:
-        for out in outputs:
-            if isinstance(out, SendFrame):
+        for out in outputs:  # a chat's two, a run to start and its answer, tested first
+            if isinstance(out, StartRun):
+                context = self.runner.context(local.core, out)
+                if not (self.runner.at_once and await self._answer_at_once(local, out, context)):
+                    self._start(local, out, context)
+            elif isinstance(out, Publish):
+                await self.publish(local, out)
+            elif isinstance(out, SendFrame):
                 if out.error is not None:
                     self.metrics.errors[out.error].inc()
                 conn = self.connections.get(out.conn)
                 if conn is not None:
                     conn.send(out.frame)
-            elif isinstance(out, Publish):
-                await self.publish(local, out)
             elif isinstance(out, Claim):
                 await self.claim(local, out.chat_id)
-            elif isinstance(out, StartRun):
-                context = self.runner.context(local.core, out)
-                if not (self.runner.at_once and await self._answer_at_once(local, out, context)):
-                    self._start(local, out, context)
             elif isinstance(out, CancelRun):
                 self.background(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):

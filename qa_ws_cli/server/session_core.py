@@ -267,24 +267,22 @@ class SessionCore:
         run = self.runs.get(chat_id)
         if run is None:  # the session expired meanwhile
             return []
+        if isinstance(result, Claimed):  # every chat's case, tested first
+            if run.cancelled_by is not None:  # cancelled while the claim was on its way
+                self._take(chat_id)
+                return [self._publish_error(chat_id, ErrorCode.CANCELLED)]
+            run.running = True
+            run.started = now
+            run.deadline = now + self.limits.timeout_s
+            return [StartRun(chat_id, run.content, result.history, run.origin, run.attachments)]
+        self._take(chat_id)
         if isinstance(result, Answered):  # answered before: the same answer, no second run
-            self._take(chat_id)
             return [SendFrame(run.origin, result.frame)]
         if isinstance(result, RunningElsewhere):
-            self._take(chat_id)
             self.running_elsewhere((chat_id,))
             return []
-        if isinstance(result, RateLimited):
-            self._take(chat_id)
-            code, wait = ErrorCode.RATE_LIMITED, result.retry_after
-            return self.error(run.origin, code, RATE_LIMITED_MESSAGE, chat_id, wait)
-        if run.cancelled_by is not None:  # cancelled while the claim was on its way
-            self._take(chat_id)
-            return [self._publish_error(chat_id, ErrorCode.CANCELLED)]
-        run.running = True
-        run.started = now
-        run.deadline = now + self.limits.timeout_s
-        return [StartRun(chat_id, run.content, result.history, run.origin, run.attachments)]
+        code, wait = ErrorCode.RATE_LIMITED, result.retry_after
+        return self.error(run.origin, code, RATE_LIMITED_MESSAGE, chat_id, wait)
 
     def cancel(self, conn: str, cancel_id: str, target: str) -> list[Output]:
         run = self.runs.get(target)
