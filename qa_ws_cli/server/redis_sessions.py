@@ -48,6 +48,12 @@ from qa_ws_cli.server.session_store import Event, ResumeRecord, SessionStore, re
 PREFIX = "qa-ws:s:"
 _PARTS = ("m", "e", "a", "o", "h", "c")  # the session's keys, as KEYS[1..6] of ``append``
 
+# one command, so that a batch boundary or an outage never leaves the record without its TTL
+_CREATE = """
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'seq', 0)
+return redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
 _CLAIM = """
 local answer = redis.call('HGET', KEYS[1], ARGV[1])
 if answer then return {'answered', answer} end
@@ -181,6 +187,7 @@ class RedisSessionStore(SessionStore):
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.batch = AutoPipeline(client)  # the chat path's commands, many chats a round trip
+        self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._counted_claim = client.register_script(_COUNTED_CLAIM)
         self.limiter: RateLimiter | None = None  # set by ``RedisStore.rate_limiter``
@@ -204,11 +211,7 @@ class RedisSessionStore(SessionStore):
         return keys
 
     async def create(self, session_id: str, user: str) -> None:
-        meta = self.key(session_id, "m")
-        await asyncio.gather(  # one batch, in order; a failure of either is retrieved here
-            self.batch.execute("HSET", meta, "user", user, "seq", 0),
-            self.batch.execute("EXPIRE", meta, self._ttl),
-        )
+        await self.batch.script(self._create, (self.key(session_id, "m"),), (user, self._ttl))
 
     async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
         keys = self._keys(session_id)

@@ -115,3 +115,21 @@ def test_a_turn_orjson_refuses_is_kept_with_the_stdlib_s_escapes() -> None:
     kept = turn_json((lone, "answer"))
     assert kept.isascii() and parse_turns([kept.encode()]) == ((lone, "answer"),)
     assert turn_json(("é", "😀")) == '["é","😀"]'
+
+
+async def test_a_new_session_s_record_is_written_with_its_ttl_in_one_command(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    """Even where the batch splits (a full batch, here one command a batch): written in two,
+    an outage between them would leave a record that never expires."""
+    store = RedisStore(redis_server.url)
+    store.batch.max_batch = 1
+    try:
+        await store.create("s0", "alice")  # Redis learns the script (NOSCRIPT, then again)
+        sent = store.batch.batches
+        await store.create("s1", "alice")
+        assert store.batch.batches == sent + 1
+        assert client.hgetall(key("s1", "m")) == {b"user": b"alice", b"seq": b"0"}
+        assert 0 < client.ttl(key("s1", "m")) <= store.sessions.ttl_s
+    finally:
+        await store.aclose()
