@@ -1,12 +1,16 @@
-"""Built-in agents: ``demo`` (an offline QA helper that streams) and ``echo`` (for benchmarks)."""
+"""Built-in agents: ``demo`` (an offline QA helper that streams and uses two tools) and
+``echo`` (for benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 
 from qa_ws_cli.agents.base import Agent, ChatContext
+from qa_ws_cli.agents.demo_files import describe
+from qa_ws_cli.agents.events import Piece, ToolFinished, ToolStarted
 
 _TOPICS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
@@ -51,16 +55,25 @@ _DEFAULT = (
 _WORDS = re.compile(r"\S+\s*")
 
 
-def demo_answer(message: str) -> str:
+def demo_topic(message: str) -> tuple[str, str] | None:
+    """The feature a question is about (the topic's first keyword) and its plan, if any."""
     text = message.lower()
     for keys, answer in _TOPICS:
         if any(k in text for k in keys):
-            return answer
-    return _DEFAULT
+            return keys[0], answer
+    return None
+
+
+def demo_answer(message: str) -> str:
+    topic = demo_topic(message)
+    return _DEFAULT if topic is None else topic[1]
 
 
 class DemoAgent(Agent):
-    """Deterministic and offline; spreads ``latency_ms`` over several deltas like a model."""
+    """Deterministic and offline, with tools as a real QA agent has them: each attached file
+    is read (``read_attachment``: a JUnit report's failures, a log's error lines), a question
+    about a known topic looks up its test plan (``lookup_test_plan``), then the answer streams.
+    ``latency_ms`` is spread over the tool calls and the answer's deltas, like a model's."""
 
     name = "demo"
 
@@ -68,14 +81,42 @@ class DemoAgent(Agent):
         self.latency_s = latency_ms / 1000.0
         self.chunks = max(1, chunks)
 
-    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
-        words = _WORDS.findall(demo_answer(message))
+    async def events(self, message: str, context: ChatContext) -> AsyncIterator[Piece]:
+        topic = demo_topic(message)
+        steps = self.chunks + len(context.attachments) + (topic is not None)
+        pause = self.latency_s / steps
+        notes: list[str] = []
+        for index, attachment in enumerate(context.attachments):
+            call, started = f"{context.message_id}:file{index}", time.perf_counter()
+            yield ToolStarted(call, "read_attachment", {"name": attachment.name})
+            note = await asyncio.to_thread(describe, attachment)
+            await self._pause(pause, started)
+            yield ToolFinished(call, "read_attachment", note, _ms_since(started))
+            notes.append(note)
+        plan = _DEFAULT
+        if topic is not None:
+            (feature, plan), call = topic, f"{context.message_id}:plan"
+            started = time.perf_counter()
+            yield ToolStarted(call, "lookup_test_plan", {"feature": feature})
+            await self._pause(pause, started)
+            yield ToolFinished(call, "lookup_test_plan", plan, _ms_since(started))
+        words = _WORDS.findall(" ".join([*notes, plan]))
         size = -(-len(words) // self.chunks)
-        pause = self.latency_s / self.chunks
         for start in range(0, len(words), size):
             if pause:
                 await asyncio.sleep(pause)
             yield "".join(words[start : start + size])
+
+    @staticmethod
+    async def _pause(pause: float, started: float) -> None:
+        """What is left of one step's share of the latency after the tool's own work."""
+        left = pause - (time.perf_counter() - started)
+        if left > 0:
+            await asyncio.sleep(left)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
 class EchoAgent(Agent):

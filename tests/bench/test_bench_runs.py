@@ -421,7 +421,7 @@ def test_one_token_for_all_users_meets_the_per_user_cap(
 def test_answers_slower_than_the_answer_timeout_are_errors(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = spawn_server("--agent", "demo", "--demo-latency-ms", "3000")
+    server = spawn_server("--agent", "demo", "--demo-latency-ms", "2000")  # first delta: 0.67 s
     monkeypatch.setenv("WEBSOCKET_SECRET_KEY", SECRET)
     out = tmp_path / "slow.json"
     result = bench(

@@ -341,7 +341,7 @@ async def test_sessions_survive_a_restart_through_the_redis_store(
     async with http.ws_connect(first.url, headers=headers) as ws:
         hello = await next_event(ws)
         await ws.send_json({"type": "chat_message", "id": "q1", "content": "login form?"})
-        assert (await next_event(ws))["type"] == "agent_delta"  # in flight
+        await until(ws, lambda f: f["type"] == "agent_delta")  # in flight (after its tool)
         first.proc.send_signal(signal.SIGTERM)
         frames = [msg.json() async for msg in ws if msg.type is aiohttp.WSMsgType.TEXT]
         assert ws.close_code == 1001

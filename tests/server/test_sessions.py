@@ -12,6 +12,7 @@ import pytest
 
 from qa_ws_cli.agents.base import ChatContext
 from qa_ws_cli.agents.builtin import DemoAgent
+from qa_ws_cli.agents.events import Piece
 from qa_ws_cli.client import ClientOptions, QaWsClient
 from tests.conftest import Running, make_settings, run_gateway
 from tests.server.test_chat import open_ws, until
@@ -23,9 +24,9 @@ class Counting(DemoAgent):
         super().__init__(latency_ms=latency_ms, chunks=5)
         self.calls: list[ChatContext] = []
 
-    async def stream(self, message: str, context: ChatContext) -> AsyncIterator[str]:
+    async def events(self, message: str, context: ChatContext) -> AsyncIterator[Piece]:
         self.calls.append(context)
-        async for piece in super().stream(message, context):
+        async for piece in super().events(message, context):
             yield piece
 
 
