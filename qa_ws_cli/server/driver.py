@@ -78,8 +78,9 @@ class SessionDriver:
     ) -> None:
         self.store = store
         # The memory store answers in the step it is asked: its plain calls, and no lock (no
-        # two appends of a session can interleave). The others' (Redis) wait for a reply.
-        self.memory = store if isinstance(store, MemoryStore) else None
+        # two appends of a session can interleave). The others' (Redis) wait for a reply, and
+        # so does a subclass (it may override the awaited claim and append).
+        self.memory = store if type(store) is MemoryStore else None
         self.runner = AgentRun(
             agent, files, signer, connections.get, on_first_piece=metrics.first_delta.observe
         )

@@ -162,8 +162,8 @@ class AutoPipeline:
         async with asyncio.timeout(self.timeout_s):  # connecting included: a hung Redis accepts
             try:
                 # (re)connected when it is not, and PINGed first when idle past
-                # ``health_check_interval`` (made again if Redis restarted meanwhile): a batch
-                # never goes out on a dead socket
+                # ``health_check_interval`` (made again if Redis restarted meanwhile); a socket
+                # that dies between two busy batches fails the next one, as an outage does
                 await conn.send_packed_command(b"".join(c.packed for c in batch), True)
                 replies: list[Any] = []
                 for _ in batch:

@@ -64,10 +64,17 @@ class RedisConnectionSlots:
         )
 
     async def release_connection(self, user: str, key: str) -> None:
+        """Given back here and in Redis; when Redis fails, the store is down (the releases
+        after it do not wait for it too) and the slot's lease lapses by itself."""
         await self.local.release_connection(user, key)
-        with contextlib.suppress(*REDIS_FAILURES):  # else its lease lapses by itself
-            if not self._down:
-                await self.batch.execute("ZREM", SLOTS_PREFIX + user, key)
+
+        async def in_redis() -> None:
+            await self.batch.execute("ZREM", SLOTS_PREFIX + user, key)
+
+        async def lapses() -> None:
+            return None
+
+        await self._guarded(in_redis, lapses)
 
     async def renew_connections(self, slots: Iterable[tuple[str, str]]) -> None:
         held = list(slots)

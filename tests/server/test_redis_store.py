@@ -374,3 +374,26 @@ async def test_sessions_survive_a_restart_through_the_redis_store(
         },
     ) as resp:
         assert resp.status == 403 and (await resp.json())["error"] == "session_forbidden"
+
+
+async def test_a_slot_release_redis_does_not_answer_marks_the_store_down(
+    redis_server: RedisServer,
+) -> None:
+    """The releases after it (every connection closing while Redis hangs) do not each wait a
+    timeout for it: they are given back here, and their Redis leases lapse by themselves."""
+    store = RedisStore(redis_server.url, timeout_s=0.3)
+    try:
+        assert await store.reserve_connection("alice", "k1", 5)
+        assert await store.reserve_connection("alice", "k2", 5)
+        redis_server.pause()
+        try:
+            await store.release_connection("alice", "k1")
+            assert not store.available
+            sent = store.batch.commands
+            await store.release_connection("alice", "k2")
+            assert store.batch.commands == sent  # not sent: the store is down
+            assert store.local.users() == 0  # both given back on this instance
+        finally:
+            redis_server.resume()
+    finally:
+        await store.aclose()
