@@ -256,6 +256,14 @@ def _no_server_outlives_its_test() -> Iterator[None]:
     stop_servers(STARTED)
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the machine's ~/.local/state/qa-ws (the development secret a
+    developer's `qa-ws serve --dev` keeps there would sign the tokens of a test expecting none);
+    tests/cli's ``state_home`` names the same directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS is None:

@@ -282,7 +282,10 @@ async def hello(
         connected = await ws.receive_json(timeout=WAIT)
         assert connected["event"] == "connected"
         await ws.send_json({"type": "chat_message", "id": "q1", "content": QUESTION})
-        while (event := await ws.receive_json(timeout=WAIT))["type"] == "agent_delta":
+        while (event := await ws.receive_json(timeout=WAIT))["type"] in (
+            "agent_delta",
+            "agent_event",
+        ):
             pass
         assert event["type"] == "agent_response", event
         assert event["reply_to"] == "q1"

@@ -351,7 +351,12 @@ def test_pipe_mode_answers_and_commands(
     assert re.fullmatch(r"pong: [\d.]+ ms", lines[1])
     assert "user: alice" in lines
     assert lines[-1].startswith("For an API")  # "//" sent "/api? yes" as a message
-    assert done.stderr == ""
+    progress = done.stderr.splitlines()  # the demo agent's tools, and nothing else
+    assert [line.split("…")[0] for line in progress] == [
+        'running lookup_test_plan(feature="login")',
+        'running lookup_test_plan(feature="api")',
+    ]
+    assert all(" done in " in line for line in progress)
 
 
 def test_pipe_mode_reports_errors_on_stderr_and_in_the_exit_code(
