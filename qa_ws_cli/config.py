@@ -30,8 +30,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
+from qa_ws_cli.config_env import env_json_error
 from qa_ws_cli.devsecret import MIN_SECRET_BYTES, dev_secret_path, keep_dev_secret, read_dev_secret
 from qa_ws_cli.errors import ConfigError
 
@@ -336,6 +337,13 @@ def _env_source(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _env_layer(name: str, value: str) -> dict[str, Any]:
+    try:
+        return _env_source({name: value})
+    except SettingsError:  # a list or object setting whose value does not parse as JSON
+        raise env_json_error(Settings, name[len(ENV_PREFIX) :], name, value) from None
+
+
 def env_layers(environ: Mapping[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """One layer per ``WEBSOCKET_*`` variable, named by it, in the order they apply.
 
@@ -346,7 +354,7 @@ def env_layers(environ: Mapping[str, str] | None = None) -> list[tuple[str, dict
     names = [k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in _ENV_ALIASES]
     layers: list[tuple[str, dict[str, Any]]] = []
     for name in sorted(names, key=lambda k: (k.count("__"), k)):
-        layer = _env_source({name: env[name]})
+        layer = _env_layer(name, env[name])
         if layer:
             layers.append((name, layer))
     for name, (section, key) in _ENV_ALIASES.items():

@@ -42,18 +42,23 @@ class TokenSource:
         config_file: str | None = None,
         mint: bool | None = None,
         ttl_s: float = 3600.0,
+        dev_secret: bool | None = None,
     ) -> TokenSource:
         """``mint=None`` (plain locust): the fixed token if set, else mint when a key is known.
 
         ``mint=True`` (qa-ws bench without --token) must be able to sign, else ValueError;
-        ``mint=False`` presents the fixed token, or none at all.
+        ``mint=False`` presents the fixed token, or none at all. ``dev_secret`` (default: with
+        ``mint=True``): without a configured key, sign with the one ``qa-ws serve --dev`` keeps,
+        as ``send --sub`` and ``repl --sub`` do.
         """
         fixed = environ.get(TOKEN_ENV) or None
         if mint is False or (mint is None and fixed):
             return cls(fixed=fixed)
         try:
             settings = load_settings(
-                Path(config_file) if config_file else None, environ=dict(environ)
+                Path(config_file) if config_file else None,
+                environ=dict(environ),
+                dev_secret=bool(mint) if dev_secret is None else dev_secret,
             ).settings
             probe = cls(settings=settings, ttl_s=ttl_s)
             probe.for_user("bench-probe")

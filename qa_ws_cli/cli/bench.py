@@ -36,7 +36,7 @@ from qa_ws_cli.bench.spec import (
     parse_stages,
 )
 from qa_ws_cli.bench.tokens import TokenSource
-from qa_ws_cli.cli.common import ConfigOption, default_url, err_console, fail
+from qa_ws_cli.cli.common import SIGNING_HINT, ConfigOption, default_url, err_console, fail
 from qa_ws_cli.config import Settings, load_settings, parse_duration
 from qa_ws_cli.errors import QaWsError
 
@@ -382,8 +382,23 @@ def _aim(
             fail(str(exc), EXIT_NOT_RUN)
         _or_fail(lambda: launch.reachable(target))  # noqa: B023 - called at once
         probe_token = token or _mint(settings, f"bench-{spec.load.run_id}-preflight")
-        _or_fail(lambda: launch.preflight(target, probe_token))  # noqa: B023
+        _preflight(target, probe_token, minted=token is None)
     return _with(spec, url=targets[0], urls=targets)
+
+
+MINTED_WITH_ANOTHER_KEY = (
+    "; the users' tokens are signed with this shell's key (WEBSOCKET_SECRET_KEY, or the "
+    "development secret of `qa-ws serve --dev` when none is set) and the server uses another: "
+    "set WEBSOCKET_SECRET_KEY to the server's key, or pass --token"
+)
+
+
+def _preflight(target: str, token: str, *, minted: bool) -> None:
+    try:
+        launch.preflight(target, token)
+    except launch.LaunchError as exc:
+        signature = minted and "signature is invalid" in str(exc)
+        fail(f"{exc}{MINTED_WITH_ANOTHER_KEY if signature else ''}", EXIT_NOT_RUN)
 
 
 def _announce(spec: BenchSpec, served: str) -> None:
@@ -403,7 +418,9 @@ def _announce(spec: BenchSpec, served: str) -> None:
 
 def _settings(config: str | None, environ: dict[str, str]) -> Settings:
     try:
-        return load_settings(Path(config) if config else None, environ=environ).settings
+        # without a configured key, mint with the one `qa-ws serve --dev` keeps (as send --sub)
+        loaded = load_settings(Path(config) if config else None, environ=environ, dev_secret=True)
+        return loaded.settings
     except QaWsError as exc:
         fail(exc.message, EXIT_NOT_RUN)
 
@@ -413,7 +430,9 @@ def _mint(settings: Settings, sub: str) -> str:
         return issue_token(settings, sub, ttl_s=600)[0]
     except QaWsError as exc:
         fail(
-            f"cannot mint the users' tokens ({exc.message}); pass --token, or --serve", EXIT_NOT_RUN
+            f"cannot mint the users' tokens ({exc.message}); pass --token, or --serve"
+            + (SIGNING_HINT if settings.secret() is None else ""),
+            EXIT_NOT_RUN,
         )
 
 
@@ -490,11 +509,14 @@ def _run_worker(
     environ = dict(os.environ)
     if token:
         environ[TOKEN_ENV] = token
-    tokens = TokenSource.from_env(environ, config_file=str(config) if config else None)
+    tokens = TokenSource.from_env(
+        environ, config_file=str(config) if config else None, dev_secret=True
+    )
     if tokens.fixed is None and not tokens.mints:
         fail(
             "a worker needs --token (or QA_WS_TOKEN) or the server's signing key in "
-            "WEBSOCKET_SECRET_KEY to mint its users' tokens",
+            "WEBSOCKET_SECRET_KEY (or the development secret of `qa-ws serve --dev`) to mint "
+            "its users' tokens",
             EXIT_NOT_RUN,
         )
     err_console.print(f"bench: worker for the master at {master_host}:{port}")

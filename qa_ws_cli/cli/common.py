@@ -174,18 +174,20 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def failures() -> Iterator[None]:
+def failures(options: ClientOptions | None = None) -> Iterator[None]:
     """Turn the error tree into one line on stderr and an exit code; never a traceback.
 
     A closed stdout (``| head``) ends the command quietly with the shell's status for it.
+    ``options``: the client's, so a refused token minted here (``--sub``) gets the right hint.
     """
+    minted = options is not None and options.token_factory is not None
     try:
         yield
     except OutputClosed:
         silence_stdout()
         raise typer.Exit(EXIT_PIPE) from None
     except QaWsError as exc:
-        fail(explain(exc), exit_code_for(exc))
+        fail(explain(exc, minted=minted), exit_code_for(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None

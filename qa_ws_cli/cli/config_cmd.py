@@ -31,15 +31,14 @@ app = typer.Typer(
 _MIN_VALUE_COLUMNS = 30
 
 
-def _rows(config: Path | None, changed_only: bool) -> list[tuple[str, Any, str, Any]]:
-    """(path, value, source, default) for every setting, or only those off their default."""
+def _rows(config: Path | None) -> list[tuple[str, Any, str, Any]]:
+    """(path, value, source, default) for every setting."""
     loaded = settings_from(config)
     defaults = flatten(Settings.model_validate({}))
-    rows = [
+    return [
         (path, value, loaded.source(path), defaults.get(path))
         for path, value in flatten(loaded.settings).items()
     ]
-    return [row for row in rows if row[1] != row[3]] if changed_only else rows
 
 
 def _render(value: Any) -> str:
@@ -61,7 +60,8 @@ def show(
       WEBSOCKET_PORT=9000 qa-ws config show
       qa-ws config show --changed --config my.yaml
     """
-    rows = _rows(config, changed)
+    every = _rows(config)
+    rows = [row for row in every if row[1] != row[3]] if changed else every
     if as_json:
         out: dict[str, Any] = {}
         for path, value, source, default in rows:
@@ -71,8 +71,8 @@ def show(
         return
     names = [f"websocket.{path}" for path, *_ in rows]
     width = max(map(len, names), default=10)
-    n_changed = sum(1 for _, value, _, default in rows if value != default)
-    title = f"qa-ws configuration: {n_changed} of {len(rows)} differ from the defaults" + (
+    n_changed = sum(1 for _, value, _, default in every if value != default)
+    title = f"qa-ws configuration: {n_changed} of {len(every)} differ from the defaults" + (
         "" if changed else " (in bold; --changed shows only those)"
     )
     if out_console.width - width - 4 < _MIN_VALUE_COLUMNS:

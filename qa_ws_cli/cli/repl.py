@@ -31,13 +31,18 @@ def command(
     sub: Annotated[
         str | None,
         typer.Option(
-            "--sub", help="Mint tokens for this user (needs the secret); fresh ones on reconnect."
+            "--sub",
+            help="Mint tokens for this user (with the secret, or serve --dev's); "
+            "fresh ones on reconnect.",
         ),
     ] = None,
     history: Annotated[
         Path | None,
         typer.Option(
-            "--history", dir_okay=False, help="History file (default ~/.local/state/qa-ws/history)."
+            "--history",
+            dir_okay=False,
+            help="History file (default $XDG_STATE_HOME/qa-ws/history, "
+            "~/.local/state/qa-ws/history when XDG_STATE_HOME is unset).",
         ),
     ] = None,
     as_json: Annotated[
@@ -94,7 +99,7 @@ def command(
         connect_timeout=10.0,
     )
     interactive = not plain and sys.stdin.isatty() and sys.stdout.isatty()
-    with failures():  # a refused token gets the CLI's hint there
+    with failures(options):  # a refused token gets the CLI's hint there
         if interactive:
             from qa_ws_cli.client.repl import Repl  # prompt_toolkit only when it is used
 

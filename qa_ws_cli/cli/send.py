@@ -33,7 +33,10 @@ def command(
     url: UrlOption = None,
     token: TokenOption = None,
     sub: Annotated[
-        str | None, typer.Option("--sub", help="Mint a token for this user (needs the secret).")
+        str | None,
+        typer.Option(
+            "--sub", help="Mint a token for this user (with the secret, or serve --dev's)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print every received event as one JSON line.")
@@ -86,7 +89,7 @@ def command(
         reconnect=reconnect,
         connect_timeout=min(timeout, 15.0),
     )
-    with failures():
+    with failures(options):
         asyncio.run(_send_all(options, messages, as_json, timeout, files or []))
 
 

@@ -42,7 +42,8 @@ def command(
         bool,
         typer.Option(
             "--dev",
-            help="Without a configured secret, keep one in ~/.local/state/qa-ws/dev-secret; "
+            help="Without a configured secret, keep one in $XDG_STATE_HOME/qa-ws/dev-secret "
+            "(~/.local/state/qa-ws/dev-secret when XDG_STATE_HOME is unset); "
             "print a token, a signed-in page URL and a send line.",
         ),
     ] = False,

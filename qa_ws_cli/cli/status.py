@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qa_ws_cli.cli.admin import admin_client
+from qa_ws_cli.cli.admin import ADMIN_HINT, admin_client
 from qa_ws_cli.cli.common import (
+    EXIT_REFUSED,
     EXIT_USAGE,
     ConfigOption,
     TokenOption,
@@ -46,7 +47,8 @@ def command(
 ) -> None:
     """Readiness checks, version, instance, connections, sessions, chats/s and p95 latency
     (from two readings of /metrics), errors by code and, with an admin token and a store, the
-    instances of the cluster. Exit 0 when ready, 1 when not ready, 4 when unreachable.
+    instances of the cluster. Exit 0 when ready, 1 when not ready, 3 when the token is refused
+    (invalid, or without the admin scope), 4 when unreachable.
 
     Examples:
       qa-ws status --url http://127.0.0.1:8765
@@ -58,6 +60,8 @@ def command(
     probe = StatusProbe(client, metrics_token=metrics_token or token, interval_s=interval)
     with failures():
         status: Status = run_async(lambda: _watch(client, probe) if watch else _once(client, probe))
+    if status.token_refused is not None:
+        fail(f"{status.token_refused.message}; the admin API needs {ADMIN_HINT}", EXIT_REFUSED)
     if status.ready is not True:
         raise typer.Exit(1)
 
@@ -65,7 +69,7 @@ def command(
 async def _once(client: AdminClient, probe: StatusProbe) -> Status:
     async with client:
         status = await probe.read()
-    out_console.print(render(status))
+    out_console.print(render(status, live=False))
     return status
 
 
@@ -86,7 +90,8 @@ def _fmt(value: float | None, unit: str = "", scale: float = 1.0, digits: int = 
     return "n/a" if value is None else f"{value * scale:.{digits}f}{unit}"
 
 
-def render(status: Status) -> Group:
+def render(status: Status, *, live: bool = True) -> Group:
+    """The status view; ``live`` (--watch) also notes a refused token (once: an error after)."""
     ready = (
         "?" if status.ready is None else "[green]ready[/]" if status.ready else "[red]not ready[/]"
     )
@@ -113,7 +118,10 @@ def render(status: Status) -> Group:
         rows.append(("instances", _instances(status)))
     for key, value in rows:
         table.add_row(key, value)
-    notes = [Text(f"note: {printable(p)}", style="yellow") for p in status.problems]
+    problems = list(status.problems)
+    if live and status.token_refused is not None:
+        problems.append(f"instances: {status.token_refused.message}")
+    notes = [Text(f"note: {printable(p)}", style="yellow") for p in problems]
     return Group(table, *notes)
 
 

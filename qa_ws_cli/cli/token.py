@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from qa_ws_cli.auth.revocation import RevocationList, Revocations
 from qa_ws_cli.auth.tokens import TokenVerifier, issue_token, peek_claims
 from qa_ws_cli.cli.common import (
+    EXIT_USAGE,
     SIGNING_HINT,
     ConfigOption,
     err_console,
@@ -49,6 +50,15 @@ app = typer.Typer(
 )
 
 TokenArg = Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")]
+
+
+def _given_token(value: str) -> str:
+    """The token from the argument (or stdin for ``-``); a usage error when there is none."""
+    token = read_stdin_value(value).strip()
+    if not token:
+        why = "stdin was empty" if value == "-" else "pass the token, or - to read it from stdin"
+        fail(f"no token was given: {why}", EXIT_USAGE)
+    return token
 
 
 def _when(ts: Any) -> str:
@@ -104,7 +114,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
 
     Example: qa-ws token verify "$TOKEN"
     """
-    token = read_stdin_value(token)
+    token = _given_token(token)
     settings = settings_from(config, dev_secret=True).settings
     auth = settings.security.authentication
     with failures():
@@ -113,7 +123,7 @@ def verify(token: TokenArg, config: ConfigOption = None) -> None:
         try:
             revoked = revocations.is_revoked(claims.jti, claims.sub, claims.iat)
         except RedisError as exc:
-            fail(f"cannot reach Redis at {where} ({type(exc).__name__})")
+            fail(f"cannot reach {where} ({type(exc).__name__})")
     if revoked:
         fail(f"token revoked (jti {claims.jti}, sub {claims.sub})")
     out_console.print_json(json.dumps(dict(claims.raw)))
@@ -133,7 +143,12 @@ def revoke(
         typer.Option("--sub", help="Revoke every token of this user issued before now."),
     ] = None,
     ttl: Annotated[
-        str, typer.Option("--keep", help="With --jti or --sub: how long to keep the entry.")
+        str,
+        typer.Option(
+            "--keep",
+            help="With --jti or --sub: how long to keep the entry (default 7d; --sub: 366d). "
+            "A TOKEN's entry is kept until the token expires.",
+        ),
     ] = "",
     redis_url: Annotated[
         str | None,
@@ -152,15 +167,21 @@ def revoke(
     """
     settings = settings_from(config).settings
     if sum(x is not None for x in (token, jti, sub)) != 1:
-        fail("give exactly one of TOKEN, --jti or --sub")
+        fail("give exactly one of TOKEN, --jti or --sub", EXIT_USAGE)
+    if token is not None and ttl:
+        fail(
+            "--keep goes with --jti or --sub: a revoked TOKEN is kept until it expires",
+            EXIT_USAGE,
+        )
     try:  # --sub: a token issued before now lives at most the longest lifetime allowed
         keep_s = parse_duration(ttl) if ttl else (MAX_TOKEN_TTL_S if sub else 7 * 86400)
     except ValueError as exc:
-        fail(str(exc))
+        fail(f"--keep: {exc}", EXIT_USAGE)
     exp = time.time() + keep_s
     if token is not None:
+        raw = _given_token(token)
         with failures():
-            claims = peek_claims(read_stdin_value(token))
+            claims = peek_claims(raw)
         jti = claims.get("jti")
         if not isinstance(jti, str):
             fail("this token has no 'jti' claim: revoke its user with --sub instead")
@@ -177,7 +198,7 @@ def revoke(
     except OSError as exc:
         fail(f"cannot write the revocation list {where}: {exc.strerror}")
     except RedisError as exc:
-        fail(f"cannot reach Redis at {where} ({type(exc).__name__}): nothing was revoked")
+        fail(f"cannot reach {where} ({type(exc).__name__}): nothing was revoked")
     what = f"every token of sub {sub} issued before now" if sub else f"jti {jti}"
     out_console.print(f"revoked {what}, until {_when(exp)} ({where})")
 

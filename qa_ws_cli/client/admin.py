@@ -8,12 +8,14 @@ or as its HTTP base (``http://HOST:PORT``); both mean the same server.
 from __future__ import annotations
 
 import json
+import ssl
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from qa_ws_cli.client.handshake import trust_hint
 from qa_ws_cli.errors import HandshakeRefused, RequestRefused, ServerUnreachable
 
 _SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
@@ -124,6 +126,11 @@ class AdminClient:
 def unreachable_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        if isinstance(cert, ssl.SSLCertVerificationError):
+            why = printable(str(cert.verify_message), 160)
+            return f"its TLS certificate was not accepted ({why}){trust_hint(cert)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connection refused (is the server running on that port?)"

@@ -155,6 +155,19 @@ def _ws_url(url: str, scheme: str | None = None, path: str | None = None) -> str
     return urlunsplit((scheme or parts.scheme, parts.netloc, path or parts.path, "", ""))
 
 
+# OpenSSL's verify codes for a certificate whose issuer is not trusted here (self-signed ...)
+_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21})
+
+
+def trust_hint(exc: ssl_module.SSLCertVerificationError) -> str:
+    """How to trust a test server's certificate: Python's default context (the WebSocket and
+    the HTTP clients both use it) reads SSL_CERT_FILE. Empty when the issuer is not the issue
+    (a name mismatch, an expired certificate)."""
+    if exc.verify_code not in _UNTRUSTED_ISSUER:
+        return ""
+    return "; to trust a test certificate, set SSL_CERT_FILE=/path/to/cert.pem"
+
+
 def describe_failure(exc: Exception, url: str, timeout: float) -> ClientError:
     """One line for a failed open: what is wrong and what to try."""
     where = _where(url)
@@ -167,6 +180,7 @@ def describe_failure(exc: Exception, url: str, timeout: float) -> ClientError:
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return ConnectionLost(
             f"the TLS certificate of {where} was not accepted ({exc.verify_message})"
+            + trust_hint(exc)
         )
     if isinstance(exc, ssl_module.SSLError):
         if "WRONG_VERSION_NUMBER" in str(exc) or "record layer failure" in str(exc):

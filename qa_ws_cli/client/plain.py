@@ -53,8 +53,27 @@ class UnknownCommand(QaWsError):
 TOKEN_REFUSALS = frozenset({"invalid_token", "token_expired", "token_revoked"})
 
 
-def explain(exc: QaWsError) -> str:
-    """The error's one line, with what to do next when the CLI knows (a token problem)."""
+MINTED_WITH_ANOTHER_KEY = (
+    "--sub signed the token with this shell's key (WEBSOCKET_SECRET_KEY, or the development "
+    "secret of `qa-ws serve --dev` when none is set) and the server uses another: "
+    "set WEBSOCKET_SECRET_KEY to the server's key"
+)
+MINTED_WITH_OTHER_SETTINGS = (
+    "--sub minted the token with this shell's settings and the server checks others: "
+    "give the server's config (-c FILE) or its WEBSOCKET_SECURITY__AUTHENTICATION__* variables"
+)
+
+
+def explain(exc: QaWsError, *, minted: bool = False) -> str:
+    """The error's one line, with what to do next when the CLI knows (a token problem).
+
+    ``minted``: the token was minted here (``--sub``), so "get a fresh token" is no advice.
+    """
+    if isinstance(exc, HandshakeRefused) and minted and exc.error == "invalid_token":
+        signature = "signature" in exc.message
+        return f"{exc.message}; " + (
+            MINTED_WITH_ANOTHER_KEY if signature else MINTED_WITH_OTHER_SETTINGS
+        )
     if isinstance(exc, HandshakeRefused) and exc.error == "missing_token":
         return (
             f"the server wants a token (HTTP {exc.status} missing_token): pass --token TOKEN "

@@ -184,6 +184,11 @@ class Repl:
 
     # -- connection events -----------------------------------------------------------------
 
+    @property
+    def _minted(self) -> bool:
+        """The token is minted here (``--sub``): a refusal's hint must not say "get one"."""
+        return self.client.options.token_factory is not None
+
     def _alert(self, text: str) -> None:
         self.console.print(Text(text, style="bold yellow"))
 
@@ -194,7 +199,8 @@ class Repl:
 
     def _lost(self, exc: QaWsError) -> None:
         if isinstance(exc, HandshakeRefused):  # why it stopped, not the close that began it
-            self.error(f"{explain(exc)} (/reconnect tries again, /quit leaves)")
+            why = explain(exc, minted=self._minted)
+            self.error(f"{why} (/reconnect tries again, /quit leaves)")
         else:
             self.note(f"connection lost: {exc.message} — /reconnect to try again, /quit to leave")
 
@@ -269,7 +275,7 @@ class Repl:
                 return await self._ask(message_text(line))
             return await self._command(name, command_arg(line))
         except QaWsError as exc:  # UnknownCommand included
-            self.error(explain(exc))
+            self.error(explain(exc, minted=self._minted))
         return True
 
     async def _command(self, name: str, arg: str = "") -> bool:

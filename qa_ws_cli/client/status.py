@@ -87,6 +87,8 @@ class Status:
     errors: dict[str, float] = field(default_factory=dict)
     instances: list[dict[str, Any]] | None = None  # None: not asked (no admin token)
     problems: list[str] = field(default_factory=list)
+    # the admin token was refused (401 invalid, 403 without the admin scope): the CLI exits 3
+    token_refused: HandshakeRefused | None = None
 
 
 class StatusProbe:
@@ -141,7 +143,9 @@ class StatusProbe:
         try:
             answer = await self.client.json("GET", "/admin/connections")
             status.instances = [i for i in answer.get("instances", []) if isinstance(i, dict)]
-        except (HandshakeRefused, RequestRefused) as exc:
+        except HandshakeRefused as exc:
+            status.token_refused = exc
+        except RequestRefused as exc:
             status.problems.append(f"instances: {exc.message}")
 
 

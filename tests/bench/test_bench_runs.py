@@ -25,6 +25,7 @@ from qa_ws_cli.bench.outcome import ReportPaths
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions
 from qa_ws_cli.cli import bench as bench_cli
 from qa_ws_cli.cli.main import app
+from qa_ws_cli.devsecret import dev_secret_path, keep_dev_secret
 from tests.bench.load_process import run_load_process
 from tests.conftest import SECRET, ServerProcess, make_settings, server_env
 
@@ -34,10 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No configs/default.yaml from the checkout, no token or key from the developer's shell."""
+    """No configs/default.yaml from the checkout, no token or key from the developer's shell,
+    nor the development secret their `qa-ws serve --dev` keeps."""
     monkeypatch.chdir(tmp_path)
     for name in ("QA_WS_TOKEN", "WEBSOCKET_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 def bench(*args: str) -> Any:
@@ -110,6 +113,20 @@ def test_without_token_or_key_it_says_how_to_get_one(
     result = bench("--url", server.url, "--duration", "2s")
     assert result.exit_code == 2
     assert "pass --token, or --serve" in result.output
+
+
+def test_with_the_dev_secret_against_a_server_with_another_key_it_says_so(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    server = spawn_server("--agent", "echo")  # signs with tests.conftest.SECRET
+    keep_dev_secret(dev_secret_path())  # what `qa-ws serve --dev` keeps: another key
+    result = bench("--url", server.url, "--users", "2", "--duration", "2s")
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "error: the server refused the connection: HTTP 401 invalid_token: "
+        "the token's signature is invalid; the users' tokens are signed with this shell's key"
+    )
+    assert "set WEBSOCKET_SECRET_KEY to the server's key, or pass --token" in result.output
 
 
 def test_a_short_chat_run_passes_and_writes_every_report(tmp_path: Path) -> None:

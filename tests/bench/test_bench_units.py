@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -23,6 +24,7 @@ from qa_ws_cli.bench.gates import (
 from qa_ws_cli.bench.samples import percentile, saturated, summarize
 from qa_ws_cli.bench.spec import BenchSpec, LoadOptions, check_url, is_loopback_host
 from qa_ws_cli.bench.tokens import TokenSource
+from qa_ws_cli.devsecret import dev_secret_path, keep_dev_secret
 from tests.conftest import SECRET
 
 # -- percentiles -------------------------------------------------------------------------
@@ -378,14 +380,25 @@ def test_tokens_minted_per_user_with_their_own_sub(tmp_path: Any) -> None:
     assert jwt.decode(b, SECRET, algorithms=["HS256"])["sub"] == "bench-b"
 
 
-def test_token_source_choices() -> None:
+def test_token_source_choices(tmp_path: Path) -> None:
+    empty = {"XDG_STATE_HOME": str(tmp_path)}  # no key, and no dev secret kept there
     fixed = TokenSource.from_env({"QA_WS_TOKEN": "tok", "WEBSOCKET_SECRET_KEY": SECRET})
     assert fixed.for_user("x") == "tok" and not fixed.mints
     assert TokenSource.from_env({"QA_WS_TOKEN": "tok"}, mint=False).for_user("x") == "tok"
-    assert TokenSource.from_env({}, mint=False).for_user("x") is None
-    assert TokenSource.from_env({}, config_file="/dev/null").for_user("x") is None
+    assert TokenSource.from_env(empty, mint=False).for_user("x") is None
+    assert TokenSource.from_env(empty, config_file="/dev/null").for_user("x") is None
     with pytest.raises(ValueError, match="cannot mint tokens"):
-        TokenSource.from_env({}, config_file="/dev/null", mint=True)
+        TokenSource.from_env(empty, config_file="/dev/null", mint=True)
+
+
+def test_bench_mints_with_the_dev_secret_when_no_key_is_set(tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    kept = keep_dev_secret(dev_secret_path(env))[0]
+    source = TokenSource.from_env(env, config_file="/dev/null", mint=True)
+    token = source.for_user("bench-a")
+    assert token and jwt.decode(token, kept, algorithms=["HS256"])["sub"] == "bench-a"
+    # plain locust (mint=None) mints only with a configured key, as before
+    assert TokenSource.from_env(env, config_file="/dev/null").for_user("x") is None
 
 
 def test_spec_problems_name_each_flag() -> None:

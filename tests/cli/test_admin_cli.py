@@ -101,6 +101,27 @@ def test_connections_broadcast_and_status(server: ServerProcess, admin_token: st
     assert "instances" not in out
 
 
+def test_status_with_a_refused_token_exits_3_after_the_view(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    chat_token = issue_token(make_settings(tmp_path), "alice")[0]  # valid, no admin scope
+    for token, why in (
+        ("abc", "the token is malformed (HTTP 401 invalid_token)"),
+        (chat_token, "(HTTP 403 insufficient_scope)"),
+    ):
+        result = runner.invoke(
+            app, ["status", "-u", server.url, "-t", token, "--interval", "0.2"], env={}
+        )
+        assert result.exit_code == 3, result.output
+        assert "ready" in result.stdout and "p95 latency" in result.stdout  # the view still shows
+        assert "note:" not in result.stdout
+        line = result.stderr.strip()
+        assert line.startswith("error: /admin/connections: ") and why in line, line
+        assert line.endswith(
+            "the admin API needs an admin token: qa-ws token issue --sub ops --scope admin"
+        )
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.main import app
-from tests.conftest import SECRET, ServerProcess, make_settings, server_env
+from tests.conftest import SECRET, ServerProcess, free_port, make_settings, server_env
 
 runner = CliRunner()
 
@@ -51,6 +52,32 @@ def test_help_explains_every_command_with_an_example() -> None:
     assert runner.invoke(app, ["--version"]).output.startswith("qa-ws ")
 
 
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["send"], "Usage: qa-ws send [OPTIONS] MESSAGE"),
+        (["notify"], "Usage: qa-ws notify [OPTIONS] MESSAGE"),
+        (["broadcast"], "Usage: qa-ws broadcast [OPTIONS] MESSAGE"),
+        (["token", "verify"], "Usage: qa-ws token verify [OPTIONS] TOKEN"),
+        (["token", "revoke"], "Usage: qa-ws token revoke [OPTIONS] [TOKEN]"),
+        (["config", "validate"], "Usage: qa-ws config validate [OPTIONS] FILE"),
+        (["token"], "Usage: qa-ws token [OPTIONS] COMMAND [ARGS]..."),
+    ],
+)
+def test_help_names_arguments_in_capitals(args: list[str], usage: str) -> None:
+    out = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}).output
+    line = next(line for line in out.splitlines() if "Usage:" in line)
+    assert line.strip() == usage, out
+
+
+def test_help_shows_a_repeatable_options_value_as_one_value() -> None:
+    out = runner.invoke(app, ["send", "--help"], env={"COLUMNS": "200"}).output
+    assert re.search(r"--file +<path> +Upload this file", out), out
+    for args in (["send"], ["bench"], ["repl"], ["serve"], ["token", "revoke"]):
+        shown = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}).output
+        assert "<list[" not in shown, args
+
+
 def test_token_issue_verify_revoke(env: dict[str, str], tmp_path: Path) -> None:
     issued = runner.invoke(
         app, ["token", "issue", "--sub", "alice", "--ttl", "1h", "--scope", "chat"]
@@ -83,7 +110,6 @@ def test_token_issue_verify_revoke(env: dict[str, str], tmp_path: Path) -> None:
         (["token", "verify", "garbage"], "malformed"),
         (["token", "issue", "--sub", "a", "--ttl", "soon"], "duration"),
         (["token", "issue", "--sub", "a", "--ttl", "0s"], "positive"),
-        (["token", "revoke"], "exactly one"),
         (["token", "revoke", "garbage"], "malformed"),
     ],
 )
@@ -93,6 +119,50 @@ def test_token_failures_are_one_clear_line(
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert reason in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "expected"),
+    [
+        (["token", "revoke"], None, "error: give exactly one of TOKEN, --jti or --sub"),
+        (
+            ["token", "revoke", "some.jwt.here", "--keep", "1d"],
+            None,
+            "error: --keep goes with --jti or --sub: a revoked TOKEN is kept until it expires",
+        ),
+        (
+            ["token", "revoke", "--jti", "abc", "--keep", "soon"],
+            None,
+            "error: --keep: not a duration: 'soon' (use e.g. 30s, 15m, 1h, 2d)",
+        ),
+        (
+            ["token", "verify", ""],
+            None,
+            "error: no token was given: pass the token, or - to read it from stdin",
+        ),
+        (["token", "verify", "-"], "\n", "error: no token was given: stdin was empty"),
+        (
+            ["token", "revoke", " "],
+            None,
+            "error: no token was given: pass the token, or - to read it from stdin",
+        ),
+    ],
+)
+def test_token_usage_errors_exit_2_with_one_line(
+    env: dict[str, str], tmp_path: Path, args: list[str], stdin: str | None, expected: str
+) -> None:
+    result = runner.invoke(app, args, input=stdin)
+    assert (result.exit_code, result.stderr.strip()) == (2, expected)
+    assert not (tmp_path / "revoked.jsonl").exists()  # nothing was revoked
+
+
+def test_token_revoke_without_redis_names_it_once(env: dict[str, str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = runner.invoke(app, ["token", "revoke", "--sub", "alice", "--redis-url", url])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: cannot reach Redis {url} (ConnectionError): nothing was revoked"
+    )
 
 
 def test_token_verify_names_expiry_and_bad_signature(env: dict[str, str], tmp_path: Path) -> None:

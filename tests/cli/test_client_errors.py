@@ -5,6 +5,7 @@ Real server processes; the commands run as subprocesses or through CliRunner.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.cli.main import app
 from qa_ws_cli.config import Settings
-from tests.conftest import free_port, server_env
+from tests.conftest import free_port, self_signed, server_env
 
 pytestmark = pytest.mark.timeout(90)
 Spawn = Callable[..., Any]
@@ -38,13 +39,15 @@ def token_for(settings: Settings) -> str:
 
 
 def leave_after(proc: subprocess.Popen[bytes], n: int) -> tuple[int, bytes]:
-    """Read ``n`` bytes of stdout and close it, as `| head -c n` does."""
+    """Read ``n`` bytes of stdout and close it, as `| head -c n` does; the exit code and what
+    stderr had besides the demo agent's tool progress (``running lookup_test_plan(…)…``)."""
     assert proc.stdout is not None and proc.stderr is not None
     if n:
         assert len(proc.stdout.read(n)) == n
     proc.stdout.close()
     code = proc.wait(30)  # a bound, not a measurement: the timeout asked for is 60 s
-    return code, proc.stderr.read()
+    lines = proc.stderr.read().splitlines(keepends=True)
+    return code, b"".join(line for line in lines if not line.startswith(b"running "))
 
 
 def test_send_into_head_ends_at_once_quietly_with_the_pipe_status(
@@ -130,3 +133,71 @@ def test_send_with_a_token_of_another_secret_says_how_to_get_one(
     assert code == 3
     assert out.startswith("error: handshake refused: HTTP 401 invalid_token")
     assert "qa-ws token issue --sub USER" in out and "--sub USER" in out
+
+
+@pytest.mark.parametrize("command", ["send", "repl"])
+def test_sub_against_a_server_with_another_key_says_to_set_its_key(
+    spawn_server: Spawn, tmp_path: Path, command: str
+) -> None:
+    server = spawn_server(env=server_env(tmp_path, WEBSOCKET_SECRET_KEY="server-key-" + "s" * 40))
+    args = ["send", "hi"] if command == "send" else ["repl", "--plain"]
+    result = runner.invoke(
+        app,
+        [*args, "--sub", "alice", "--url", server.url],
+        input="hi\n",
+        env={"WEBSOCKET_SECRET_KEY": "client-key-" + "c" * 40, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 3
+    assert result.output.startswith(
+        "error: handshake refused: HTTP 401 invalid_token: the token's signature is invalid; "
+        "--sub signed the token with this shell's key (WEBSOCKET_SECRET_KEY, or the development "
+        "secret of `qa-ws serve --dev` when none is set) and the server uses another: "
+        "set WEBSOCKET_SECRET_KEY to the server's key"
+    )
+    assert "qa-ws token issue" not in result.output  # not the advice already followed
+
+
+def test_send_trusts_a_self_signed_certificate_given_in_ssl_cert_file(
+    spawn_server: Spawn, settings: Settings, tmp_path: Path
+) -> None:
+    certfile, keyfile = self_signed(tmp_path)
+    server = spawn_server(
+        env=server_env(
+            tmp_path,
+            WEBSOCKET_SERVER__SSL__CERTFILE=str(certfile),
+            WEBSOCKET_SERVER__SSL__KEYFILE=str(keyfile),
+        )
+    )
+    assert server.url.startswith("wss://127.0.0.1:")
+    report = tmp_path / "run.log"
+    report.write_text("error: the login page timed out\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    args = [sys.executable, "-m", "qa_ws_cli", "send", QUESTION, "-u", server.url]
+    args += ["--token", token_for(settings), "--no-reconnect"]
+
+    def run(*extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*args, *extra],
+            env={**env, "COLUMNS": "300", **more_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    where = server.url.removeprefix("wss://").removesuffix("/ws")
+    refused = run()
+    assert refused.returncode == 4
+    assert refused.stderr == (
+        f"error: the TLS certificate of {where} was not accepted (self-signed certificate); "
+        "to trust a test certificate, set SSL_CERT_FILE=/path/to/cert.pem\n"
+    )
+    upload = run("--file", str(report))  # the HTTP client (aiohttp) says the same
+    assert upload.returncode == 4
+    assert upload.stderr == (
+        f"error: cannot upload to https://{where}/files: its TLS certificate was not accepted "
+        "(self-signed certificate); to trust a test certificate, "
+        "set SSL_CERT_FILE=/path/to/cert.pem\n"
+    )
+    trusted = run("--file", str(report), SSL_CERT_FILE=str(certfile))
+    assert trusted.returncode == 0, trusted.stderr
+    assert "login form" in trusted.stdout  # uploaded and answered over wss://

@@ -88,7 +88,17 @@ def test_show_changed_lists_only_what_differs_from_the_defaults(my_config: Path)
         "websocket.server.port",
         "websocket.security.rate_limiting.max_requests_per_minute",
     }
-    assert "2 of 2 differ from the defaults" in table.stdout
+    assert f"2 of {len(NAMES)} differ from the defaults" in table.stdout  # of all settings
+
+
+def test_show_changed_counts_out_of_every_setting_when_none_differs(
+    my_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_NAME)
+    result = runner.invoke(app, ["config", "show", "--changed"])
+    assert result.exit_code == 0, result.output
+    assert f"0 of {len(NAMES)} differ from the defaults" in result.stdout
+    assert len(NAMES) > 60  # the header counts the whole tree, not the rows shown
 
 
 def test_show_redacts_the_secret(my_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:

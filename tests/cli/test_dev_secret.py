@@ -174,3 +174,48 @@ def test_a_configured_secret_wins_over_the_kept_one(
     assert issued.exit_code == 0 and "dev secret" not in issued.stderr
     refused = cli("send", "hi", "--url", server.url, "--token", issued.stdout.strip())
     assert refused.exit_code == 3 and "invalid_token" in refused.stderr
+
+
+def test_bench_mints_its_users_tokens_with_the_dev_secret(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    env = dev_env(tmp_path)  # no WEBSOCKET_SECRET_KEY, as after `make serve`
+    server = spawn_server("--dev", env=env)
+    banner(server)
+    load = ["--users", "2", "--spawn-rate", "10", "-d", "2s"]  # tiny, and on loopback
+    done = subprocess.run(
+        [sys.executable, "-m", "qa_ws_cli", "bench", "--url", server.url, *load],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot mint" not in done.stderr and "Traceback" not in done.stderr
+    assert "connections: peak 2 of 2" in done.stdout + done.stderr
+
+
+def test_bench_without_any_secret_says_to_start_serve_dev(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    server = spawn_server(env=server_env(tmp_path))  # its key is not in this shell, no dev secret
+    result = cli("bench", "--url", server.url, "--users", "2", "-d", "2s")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot mint the users' tokens (")
+    assert "pass --token, or --serve, or run `qa-ws serve --dev`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_help_names_the_dev_secret_file_whether_or_not_xdg_is_set(
+    state_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for xdg in (str(state_home), None):
+        if xdg is None:
+            monkeypatch.delenv("XDG_STATE_HOME")
+        out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
+        flat = " ".join(out.split())
+        assert (
+            "keep one in $XDG_STATE_HOME/qa-ws/dev-secret (~/.local/state/qa-ws/dev-secret "
+            "when XDG_STATE_HOME is unset)" in flat
+        ), out
