@@ -85,14 +85,14 @@ def issue(
 
     Example: qa-ws token issue --sub alice --ttl 1h --scope chat
     """
-    try:
+    try:  # a bad --ttl is a usage error (exit 2), as a bad value of any option is
         ttl_s = parse_duration(ttl)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_USAGE)
     if ttl_s <= 0:
-        fail("--ttl must be positive")
+        fail("--ttl must be positive", EXIT_USAGE)
     if ttl_s > MAX_TOKEN_TTL_S:
-        fail(f"--ttl must be at most {MAX_TOKEN_TTL_S // 86400}d (a year and a day)")
+        fail(f"--ttl must be at most {MAX_TOKEN_TTL_S // 86400}d (a year and a day)", EXIT_USAGE)
     loaded = settings_from(config, dev_secret=True)
     settings = loaded.settings
     source = loaded.source("security.secret_key")

@@ -105,19 +105,20 @@ def test_token_issue_verify_revoke(env: dict[str, str], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "reason"),
+    ("args", "reason", "code"),
     [
-        (["token", "verify", "garbage"], "malformed"),
-        (["token", "issue", "--sub", "a", "--ttl", "soon"], "duration"),
-        (["token", "issue", "--sub", "a", "--ttl", "0s"], "positive"),
-        (["token", "revoke", "garbage"], "malformed"),
+        (["token", "verify", "garbage"], "malformed", 1),
+        (["token", "issue", "--sub", "a", "--ttl", "soon"], "duration", 2),  # usage
+        (["token", "issue", "--sub", "a", "--ttl", "0s"], "positive", 2),
+        (["token", "issue", "--sub", "a", "--ttl", "400d"], "at most 366d", 2),
+        (["token", "revoke", "garbage"], "malformed", 1),
     ],
 )
 def test_token_failures_are_one_clear_line(
-    env: dict[str, str], args: list[str], reason: str
+    env: dict[str, str], args: list[str], reason: str, code: int
 ) -> None:
     result = runner.invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert reason in result.output and "Traceback" not in result.output
 
 
