@@ -562,6 +562,8 @@ def agent_api_key(settings: AgentSettings, default_env: str) -> str | None:
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``1h``, ``2d``, ``250ms`` -> seconds."""
     raw = text.strip().lower()
+    if not raw.isascii():  # str.isdigit() below takes "²", which float() refuses
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h, 2d)")
     for unit in ("ms", "s", "m", "h", "d"):
         if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
             return float(raw[: -len(unit)]) * _UNITS[unit]

@@ -259,7 +259,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "1w", "-1s", "soon"])
+@pytest.mark.parametrize("text", ["", "h", "1w", "-1s", "soon", "²s", "\u0661\u0660m"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -73,6 +73,15 @@ def _scopes(scope: str) -> frozenset[str]:
     return frozenset(scope.split())
 
 
+def _check_text(value: str, name: str) -> None:
+    """A claim the gateway writes to frames, stores and logs must be Unicode text: a signed
+    ``"\ud800"`` escape parses to a lone surrogate, which none of them can carry."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise AuthError(f"the token's '{name}' is not valid text") from None
+
+
 def _claims(payload: dict[str, Any], keep_payload: bool = True) -> Claims:
     _check_times(payload)
     sub = payload.get("sub")
@@ -81,6 +90,9 @@ def _claims(payload: dict[str, Any], keep_payload: bool = True) -> Claims:
     scope = payload.get("scope", DEFAULT_SCOPE)
     scopes = _scopes(scope) if isinstance(scope, str) else frozenset()
     jti = payload.get("jti")
+    _check_text(sub, "sub")
+    if isinstance(jti, str):
+        _check_text(jti, "jti")
     return Claims(
         sub=sub,
         exp=float(payload["exp"]),

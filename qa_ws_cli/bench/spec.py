@@ -64,7 +64,7 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
     stages: list[Stage] = []
     for part in (p.strip() for p in text.split(",")):
         duration, sep, target = part.partition(":")
-        if not sep or not target.strip().isdigit():
+        if not sep or not (target.strip().isascii() and target.strip().isdigit()):
             raise ValueError(f"a stage is DURATION:USERS, like 30s:50 (got {part!r})")
         seconds = parse_duration(duration)
         if seconds <= 0:

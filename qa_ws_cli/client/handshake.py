@@ -209,7 +209,7 @@ def _refusal(exc: InvalidStatus, url: str) -> HandshakeRefused:
     response = exc.response
     status = response.status_code
     retry = response.headers.get("Retry-After")
-    retry_after = float(retry) if retry and retry.isdigit() else None
+    retry_after = float(retry) if retry and retry.isascii() and retry.isdigit() else None
     try:
         data = json.loads(response.body or b"")
         error, detail = str(data["error"]), str(data.get("detail", ""))

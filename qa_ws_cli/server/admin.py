@@ -54,15 +54,48 @@ async def json_body(request: web.Request, timeout_s: float) -> object:
     except (LookupError, UnicodeDecodeError):
         raise refuse("invalid_json", "the body must be JSON in a known charset") from None
     try:
-        return json.loads(text, parse_int=_bounded_int)
-    except (ValueError, RecursionError):
-        raise refuse("invalid_json", "the body must be JSON") from None
+        body = json.loads(
+            text,
+            parse_int=_bounded_int,
+            parse_float=_bounded_float,
+            parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
+        )
+        # a lone surrogate (``"\ud800"``) parses, but no store, frame or log can carry it
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        raise refuse("invalid_json", "the body must be JSON (UTF-8 text, unique keys)") from None
+    return body
 
 
 def _bounded_int(digits: str) -> int:
     if len(digits) > MAX_JSON_DIGITS:
         raise ValueError("number too long")
     return int(digits)
+
+
+def _bounded_float(text: str) -> float:
+    value = float(_bounded_text(text))
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+def _bounded_text(text: str) -> str:
+    if len(text) > MAX_JSON_DIGITS:
+        raise ValueError("number too long")
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise ValueError("duplicate key")
+    return body
 
 
 async def json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
@@ -119,8 +152,8 @@ def valid_data(value: object, max_bytes: int) -> dict[str, Any] | None:
 async def broadcast(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
-        body = await json_body(request, gw.settings.server.handshake_timeout_s)
-        message = valid_message(body.get("message") if isinstance(body, dict) else None)
+        body = await json_object(request, {"message"})
+        message = valid_message(body.get("message"))
     except BodyError as exc:
         return exc.response
     delivered = await gw.store.broadcast(message)

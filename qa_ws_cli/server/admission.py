@@ -33,7 +33,7 @@ from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import Gateway
 from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler, in_networks
 from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
-from qa_ws_cli.server.logs import log_event
+from qa_ws_cli.server.logs import log_event, loggable_path
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (secrets.token_hex(16))
@@ -100,7 +100,7 @@ def refusal(
         "refused",
         request_id=request.get(REQUEST_ID, "-"),
         remote=request.remote,
-        path=request.path,
+        path=loggable_path(request.rel_url.raw_path),  # the path only: no query
         status=status,
         error=error,
     )

@@ -42,7 +42,8 @@ def _resume_point(request: web.Request) -> tuple[str | None, int]:
     if session_id is not None and not _SESSION_ID.fullmatch(session_id):
         session_id = None  # not one this server could have made: a fresh session
     raw = query.get("last_seq", "0")
-    last_seq = int(raw) if raw.isdigit() and len(raw) < 19 else -1  # -1: cannot be resumed
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses; -1: cannot be resumed
+    last_seq = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else -1
     return session_id, last_seq
 
 

@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
@@ -43,6 +44,9 @@ def escape_controls(text: str) -> str:
 
 
 _JWT_RE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+# any JWS-shaped value (three base64url segments), whatever its header's first bytes: a path
+# is what a client writes, so its check is broader than every line's ``eyJ`` test
+_JWS_SHAPE_RE = re.compile(r"[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 
 
 def redact(text: str) -> str:
@@ -53,6 +57,12 @@ def redact(text: str) -> str:
     if "oken=" in text.lower():
         text = _TOKEN_RE.sub(r"\1[redacted]", text)
     return text
+
+
+def loggable_path(raw_path: str) -> str:
+    """A request's path and query as logged: percent-escapes decoded first (``%74oken=`` is
+    ``token=``), then tokens and anything shaped like one redacted."""
+    return _JWS_SHAPE_RE.sub("[redacted]", redact(unquote(raw_path)))
 
 
 class EventFormatter(logging.Formatter):
@@ -316,7 +326,7 @@ class AccessLogger(AbstractAccessLogger):
             request_id=request.get(REQUEST_ID, "-"),
             remote=request.remote,
             method=request.method,
-            path=redact(request.path_qs),
+            path=loggable_path(request.raw_path),
             status=response.status,
             ms=round(time * 1000, 1),
         )

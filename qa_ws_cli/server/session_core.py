@@ -436,7 +436,11 @@ class SessionCore:
         retry_after: float | None = None,
     ) -> list[Output]:
         """An error for ``conn``: replayable (with ``seq``) when it answers a chat of the
-        attached connection, else live."""
+        attached connection, else live. A frame that reuses the id of a chat in flight (bad,
+        oversize, over the rate limit) is answered live and without ``reply_to``: that chat's
+        one final frame is still to come."""
+        if reply_to is not None and (reply_to in self.runs or reply_to in self.remote):
+            reply_to = None
         if reply_to is not None and self.attached == conn:
             return [Publish(error_body(code, message, reply_to, retry_after), reply_to, error=code)]
         return [SendFrame(conn, error_body(code, message, None, retry_after), error=code)]

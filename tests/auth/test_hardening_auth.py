@@ -58,6 +58,20 @@ async def test_absurd_time_claims_are_refused_at_the_handshake(tmp_path: Path) -
         assert (await r.json())["connections"] == 0  # no ghost left registered
 
 
+async def test_a_signed_sub_or_jti_with_a_lone_surrogate_is_an_invalid_token(
+    tmp_path: Path,
+) -> None:
+    """Signed, so it passes the signature; its "\\ud800" cannot go into the ``connected``
+    frame, the store or a log line (it was 101 then 1011, or a 500 on the Redis store)."""
+    server = start_server(tmp_path)
+    for claims in ({"sub": "al\ud800ice"}, {"jti": "\udfff"}):
+        status, body = await handshake(server, signed(**claims))
+        assert (status, body["error"]) == (401, "invalid_token"), claims
+        assert "not valid text" in body["detail"]
+    assert (await handshake(server, signed(sub="al\U0001f600ice")))[0] == 400  # no upgrade asked
+    assert "Traceback" not in server.output()
+
+
 def test_token_issue_refuses_a_ttl_above_a_year_and_a_day(tmp_path: Path) -> None:
     env = {"WEBSOCKET_SECRET_KEY": SECRET}
     runner = CliRunner()

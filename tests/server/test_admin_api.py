@@ -110,6 +110,13 @@ async def test_a_full_inbox_drops_the_oldest_and_counts_it(
         ("{not json", "invalid_json"),
         ('{"user": "a", "message": "x", "data": {"n": 1' + "0" * 200 + "}}", "invalid_json"),
         ("[" * 100_00 + "]" * 100_00, "invalid_json"),
+        # a lone surrogate would have poisoned the user's inbox (1011 at their next connect)
+        ('{"user": "alice", "message": "bad \\ud800"}', "invalid_json"),
+        ('{"user": "alice", "message": "x", "data": {"k": "\\udfff"}}', "invalid_json"),
+        ('{"user": "alice", "message": "x", "message": "y"}', "invalid_json"),  # duplicate key
+        ('{"user": "alice", "message": "x", "data": {"n": NaN}}', "invalid_json"),
+        ('{"user": "alice", "message": "x", "data": {"n": 1e999999}}', "invalid_json"),
+        ('{"user": "alice", "message": "x", "data": {"n": 0.' + "1" * 200 + "}}", "invalid_json"),
     ],
 )
 async def test_bad_notify_bodies_get_400_and_change_nothing(
@@ -180,3 +187,11 @@ async def test_the_first_delta_is_timed(gateway: Running, http: aiohttp.ClientSe
         pass
     await ws.close()
     assert await metric(http, gateway, "qa_ws_first_delta_seconds_count") == 1
+
+
+async def test_a_paired_surrogate_escape_is_one_character_and_stored(
+    small_inbox: Running, http: aiohttp.ClientSession
+) -> None:
+    body = '{"user": "alice", "message": "ok \\ud83d\\ude00"}'  # U+1F600, as JSON escapes it
+    status, answer = await post(http, small_inbox, "/admin/notify", body)
+    assert (status, answer["stored"]) == (202, True)

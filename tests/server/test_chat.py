@@ -89,6 +89,31 @@ async def test_too_long_content_is_refused_and_the_connection_stays(
         await ws.close()
 
 
+async def test_a_bad_frame_reusing_the_id_of_a_chat_in_flight_leaves_it_one_final_frame(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    settings = make_settings(
+        tmp_path, limits={"max_content_chars": 40}, agent={"demo_latency_ms": 400}
+    )
+    async with run_gateway(settings) as running:
+        ws, hello = await open_ws(http, running)
+        await ws.send_json({"type": "chat_message", "id": "X", "content": "login form?"})
+        await ws.send_json({"type": "chat_message", "id": "X", "content": ""})
+        await ws.send_json({"type": "chat_message", "id": "X", "content": "x" * 41})
+        errors = [await until(ws, "error"), await until(ws, "error")]
+        assert [(e["code"], e["reply_to"], "seq" in e) for e in errors] == [
+            ("invalid_message", None, False),
+            ("message_too_large", None, False),
+        ]
+        answer = await until(ws, "agent_response")
+        assert (answer["reply_to"], answer["seq"]) == ("X", 1)
+        await ws.close()
+        again, resumed = await open_ws(http, running, session_id=hello["session_id"], last_seq="0")
+        assert resumed["replayed"] == 1  # the answer alone: no error about X was kept
+        assert (await again.receive_json(timeout=5))["type"] == "agent_response"
+        await again.close()
+
+
 async def test_echo_answers_without_deltas(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     async with run_gateway(make_settings(tmp_path), EchoAgent()) as running:
         ws, _ = await open_ws(http, running)

@@ -259,9 +259,14 @@ async def test_admin_broadcast_reaches_every_connection(
         assert (resp.status, (await resp.json())["error"]) == (403, "insufficient_scope")
     async with http.post(gateway.http + "/admin/broadcast", json={"message": "x"}) as resp:
         assert resp.status == 401
-    for body in ({"message": ""}, {"nope": 1}, [1]):
+    refusals = (
+        ({"message": ""}, "invalid_message"),
+        ({"nope": 1}, "unknown_fields"),  # as every admin body: protocol.md, "Admin"
+        ([1], "invalid_request"),
+    )
+    for body, error in refusals:
         async with http.post(gateway.http + "/admin/broadcast", json=body, headers=admin) as resp:
-            assert resp.status == 400 and (await resp.json())["error"] == "invalid_message"
+            assert resp.status == 400 and (await resp.json())["error"] == error
     async with http.post(gateway.http + "/admin/broadcast", data=b"{", headers=admin) as resp:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
 from qa_ws_cli.auth.tokens import issue_token
@@ -70,8 +71,10 @@ async def test_a_100_kb_token_is_not_echoed(server: ServerProcess) -> None:
         ("application/json", b"[" * 30_000 + b"]" * 30_000),
         ("application/json", b'{"message": "hi", "n": ' + b"9" * 5000 + b"}"),
         ("application/json", b"\xff\xfe not json"),
+        ("application/json", b'{"message": "bad \\ud800"}'),
+        ("application/json", b'{"message": "hi", "extra": 1}'),
     ],
-    ids=["charset", "deep", "digits", "bytes"],
+    ids=["charset", "deep", "digits", "bytes", "surrogate", "unknown"],
 )
 async def test_admin_broadcast_answers_400_json_to_hostile_bodies(
     tmp_path: Path, server: ServerProcess, content_type: str, body: bytes
@@ -83,7 +86,8 @@ async def test_admin_broadcast_answers_400_json_to_hostile_bodies(
         http.post(http_url(server) + "/admin/broadcast", data=body, headers=headers) as resp,
     ):
         assert resp.status == 400
-        assert (await resp.json())["error"] == "invalid_json"
+        expected = "unknown_fields" if b"extra" in body else "invalid_json"
+        assert (await resp.json())["error"] == expected
     assert "Traceback" not in server.output()
 
 
@@ -172,6 +176,27 @@ async def test_a_token_last_in_the_query_keeps_status_and_ms_in_the_access_line(
     assert lines and "token=[redacted]" in lines[0]
     assert "status=200" in lines[0] and "ms=" in lines[0]
     assert tok not in server.output()
+
+
+async def test_a_token_percent_encoded_or_of_another_shape_is_redacted_from_log_lines(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    tok = issue_token(make_settings(tmp_path), "alice")[0]
+    spaced = jwt.encode({"sub": "alice"}, "k" * 32, "HS256", headers={"kid": "x"})
+    spaced = "eyAi" + spaced[4:]  # a header JSON that starts with a space: not "eyJ"
+    encoded = "".join(f"%{b:02x}" for b in tok[:3].encode()) + tok[3:]
+    async with aiohttp.ClientSession() as http:
+        for path in (f"/healthz?%74oken={encoded}", f"/healthz?t={spaced}", f"/files/{spaced}"):
+            async with http.get(http_url(server) + path) as resp:
+                assert resp.status in (200, 401)
+    signatures = (tok.rsplit(".", 1)[1], spaced.rsplit(".", 1)[1])
+    for _ in range(200):  # the access lines are written just after the answers are sent
+        if len(log_lines(server, " http ")) >= 2 and log_lines(server, "refused"):
+            break
+        await asyncio.sleep(0.05)
+    output = server.output()
+    assert output.count("[redacted]") >= 3
+    assert not any(signature in output for signature in signatures)
 
 
 async def test_a_websocket_logs_connect_and_disconnect_and_no_access_line(

@@ -128,7 +128,7 @@ async def test_a_gap_that_cannot_be_filled_starts_a_fresh_session(
             await ws.send_json({"type": "chat_message", "id": f"q{n}", "content": "x"})
             await until(ws, "agent_response")
         await ws.close()
-        for last_seq in ("0", "99", "-1", "abc"):
+        for last_seq in ("0", "99", "-1", "abc", "²", "\u0661"):  # not ASCII digits: never a 500
             ws2, hello2 = await open_ws(
                 http, running, session_id=hello["session_id"], last_seq=last_seq
             )
