@@ -49,6 +49,12 @@ async def json_body(request: web.Request, timeout_s: float) -> object:
         raise refuse("invalid_json", "the body did not arrive in time", 408) from None
     except web.HTTPRequestEntityTooLarge:
         raise refuse("invalid_json", "the body is too large", 413) from None
+    except web.RequestPayloadError:  # its Content-Encoding does not decode
+        if request.content.exception() is not None:
+            request.content.feed_eof()  # else aiohttp drains it after the answer, and fails again
+        refused = refuse("invalid_json", "the body could not be decoded (Content-Encoding)")
+        refused.response.force_close()  # where the next request would start is unknown
+        raise refused from None
     try:
         text = raw.decode(request.charset or "utf-8")
     except (LookupError, UnicodeDecodeError):

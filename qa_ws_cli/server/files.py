@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -36,6 +37,22 @@ from qa_ws_cli.server.sniff import clean_name, sniff
 
 FILE_PREFIX = "qa-ws:file"
 log = logging.getLogger("qa_ws.server")
+_EXP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes '²'
+_SIG = re.compile(r"[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid Unicode: what was undecodable bytes becomes U+FFFD.
+
+    aiohttp decodes header bytes that are not UTF-8 with ``surrogateescape`` (a Latin-1
+    ``caf\\xe9`` arrives as ``caf\\udce9``); a lone surrogate cannot be encoded again, as
+    UTF-8, JSON, a Redis value or a ``Content-Disposition``, so none is ever kept.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def new_file_id() -> str:
@@ -253,11 +270,11 @@ class FileSigner:
         return path, float(exp)
 
     def verify(self, file_id: str, exp: str, sig: str) -> bool:
-        if not exp.isdigit() or len(exp) > 12:
+        """A malformed ``exp`` or ``sig`` is refused like a wrong one, never an error."""
+        if not _EXP.fullmatch(exp) or not _SIG.fullmatch(sig) or int(exp) < self.clock():
             return False
-        if int(exp) < self.clock():
-            return False
-        return hmac.compare_digest(self._sig(file_id, int(exp)), sig)
+        expected = self._sig(utf8_text(file_id), int(exp))
+        return hmac.compare_digest(expected.encode(), sig.encode())
 
 
 async def store_produced(
@@ -269,7 +286,8 @@ async def store_produced(
     allowlist is kept as ``application/octet-stream``, which ``GET`` serves as a download.
     """
     mime = sniff(produced.data) or "application/octet-stream"
-    stored = await store.put(owner, clean_name(produced.name, mime), mime, produced.data)
+    name = clean_name(utf8_text(produced.name), mime)
+    stored = await store.put(owner, name, mime, produced.data)
     url, expires_at = signer.sign(stored)
     return FileInfo(
         file_id=stored.file_id,

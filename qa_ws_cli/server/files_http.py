@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import FileError
@@ -28,6 +29,7 @@ from qa_ws_cli.server.files import (
     RedisFileStore,
     StorageFull,
     StoredFile,
+    utf8_text,
 )
 from qa_ws_cli.server.gateway import GATEWAY
 from qa_ws_cli.server.keys import CLAIMS
@@ -38,6 +40,18 @@ FILE_SIGNER = web.AppKey("file_signer", FileSigner)
 CHUNK_BYTES = 64 * 1024
 MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file itself
 OTHER_PART_BYTES = 4 * 1024  # a part that is not ``file`` is skipped, up to this much
+# What aiohttp raises on a body it cannot read: a bad boundary or part (ValueError, KeyError,
+# AssertionError), a part header with a control character or no colon, or too long
+# (``http_exceptions``), a body its Content-Encoding cannot decode (``RequestPayloadError``),
+# an oversize ``_charset_`` part (RuntimeError).
+MALFORMED_BODY = (
+    AssertionError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    HttpProcessingError,
+    web.RequestPayloadError,
+)
 log = logging.getLogger("qa_ws.server")
 
 
@@ -99,18 +113,38 @@ async def _file_part(request: web.Request) -> BodyPartReader:
                     break
             if skipped > OTHER_PART_BYTES:
                 break
-    except (AssertionError, ValueError, KeyError) as exc:  # aiohttp's refusals of a bad body
+    except MALFORMED_BODY as exc:
         raise _Refused(400, FileError.INVALID_UPLOAD, "the body is not valid multipart") from exc
     raise _Refused(400, FileError.INVALID_UPLOAD, "send the file in a multipart part named 'file'")
 
 
 async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
     data = bytearray()
-    while chunk := await part.read_chunk(CHUNK_BYTES):
-        if len(data) + len(chunk) > limit:
-            raise _Refused(413, FileError.FILE_TOO_LARGE, f"a file may have at most {limit} bytes")
-        data += chunk
+    try:
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            if len(data) + len(chunk) > limit:
+                raise _Refused(
+                    413, FileError.FILE_TOO_LARGE, f"a file may have at most {limit} bytes"
+                )
+            data += chunk
+    except MALFORMED_BODY as exc:
+        raise _Refused(400, FileError.INVALID_UPLOAD, "the body is not valid multipart") from exc
     return bytes(data)
+
+
+def _refuse_body(request: web.Request, refused: _Refused) -> web.Response:
+    """A refusal mid-body; after a body aiohttp could not read, the connection is closed.
+
+    Where the next request would start is unknown then. A body that failed to decode (its
+    stream holds the error) is marked ended too: aiohttp drains what is left of a body after
+    the answer, and would raise and log the same error again doing so.
+    """
+    response = _refuse(request, refused.status, refused.error, refused.detail)
+    if isinstance(refused.__cause__, MALFORMED_BODY):
+        response.force_close()  # ``Connection: close``
+        if request.content.exception() is not None:
+            request.content.feed_eof()
+    return response
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -123,7 +157,7 @@ async def upload(request: web.Request) -> web.Response:
         part = await _file_part(request)
         data = await _read_limited(part, limit)
     except _Refused as refused:
-        return _refuse(request, refused.status, refused.error, refused.detail)
+        return _refuse_body(request, refused)
     if not data:
         return _refuse(request, 400, FileError.INVALID_UPLOAD, "the file is empty")
     mime = sniff(data)
@@ -137,7 +171,7 @@ async def upload(request: web.Request) -> web.Response:
         )
     try:
         stored = await request.app[FILE_STORE].put(
-            request[CLAIMS].sub, clean_name(part.filename, mime), mime, data
+            request[CLAIMS].sub, clean_name(utf8_text(part.filename or ""), mime), mime, data
         )
     except StorageFull as exc:
         return _refuse(request, 507, FileError.STORAGE_FULL, exc.message)

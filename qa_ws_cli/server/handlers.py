@@ -96,8 +96,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 conn.last_seen = now
                 conn.frames_in += 1
                 await frames.on_binary(conn)
-            elif msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PING:  # counted in the frame budget too; past it, no pong
+                if not frames.over_budget(conn):
+                    await ws.pong(msg.data)
             elif msg.type in _ENDED:
                 break
         if conn.closer is not None:  # ours: read and discard until the peer's close frame

@@ -20,6 +20,7 @@ from qa_ws_cli.server.files import (
     RedisFileStore,
     StorageFull,
     store_produced,
+    utf8_text,
 )
 from qa_ws_cli.server.files_http import FILE_SIGNER, FILE_STORE
 from qa_ws_cli.server.sniff import clean_name
@@ -64,10 +65,20 @@ def test_signed_urls_expire_and_cannot_be_forged() -> None:
     assert not signer.verify("f-" + "0" * 32, exp, sig)
     assert not signer.verify(stored.file_id, str(int(exp) + 1), sig)
     assert not signer.verify(stored.file_id, "1e9", sig)
+    for bad_exp in ["\u00b2", "\uff11" * 10, "", "1" * 13]:  # str.isdigit() takes both
+        assert not signer.verify(stored.file_id, bad_exp, sig)
+    assert not signer.verify(stored.file_id, exp, "\u00e9" * 64)  # non-ASCII: no TypeError
+    assert not signer.verify(stored.file_id, exp, sig[:-1])
     assert FileSigner("s" * 40, ttl_s=300, clock=clock).verify(stored.file_id, exp, sig)
     assert not FileSigner("t" * 40, ttl_s=300, clock=clock).verify(stored.file_id, exp, sig)
     clock.now = float(exp) + 1
     assert not signer.verify(stored.file_id, exp, sig)
+
+
+def test_undecodable_names_become_replacement_characters() -> None:
+    assert utf8_text("caf\udce9.txt") == "caf\ufffd.txt"  # a Latin-1 byte, escaped by aiohttp
+    assert utf8_text("\ud800x.txt") == "\ufffdx.txt"  # a surrogate that is no escaped byte
+    assert utf8_text("caf\u00e9 \U0001f600.txt") == "caf\u00e9 \U0001f600.txt"
 
 
 def test_names_lose_directories_and_control_characters() -> None:

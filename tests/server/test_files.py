@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import struct
 import time
 import zlib
@@ -223,3 +224,92 @@ async def test_a_64_mib_upload_is_not_held_in_memory(
     print(f"peak RSS growth for two 64 MiB uploads: {grown} KiB")
     assert grown < 6 * 1024, f"peak RSS grew by {grown} KiB for a 64 MiB upload"
     assert (await files.upload(http, PNG))[0] == 201
+
+
+async def raw_request(
+    files: Files, head: str, body: bytes = b"", *, token: bool = True
+) -> tuple[int, dict[str, str], bytes]:
+    """One request over a raw socket, bytes exactly as given; the status, headers and body."""
+    host, port = files.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    auth = f"{files.auth()['Authorization']}" if token else ""
+    lines = [head, f"Host: {host}", "Connection: close", f"Content-Length: {len(body)}"]
+    lines += [f"Authorization: {auth}"] if token else []
+    writer.write("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    top, _, content = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = top.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, content
+
+
+MULTIPART = "Content-Type: multipart/form-data; boundary=b"
+
+
+def part(header: bytes, content: bytes = b"hello") -> bytes:
+    return b"--b\r\n" + header + b"\r\n\r\n" + content + b"\r\n--b--\r\n"
+
+
+async def test_a_filename_that_is_not_utf8_gets_replacement_characters(
+    files: Files, http: aiohttp.ClientSession
+) -> None:
+    latin1 = part(b'Content-Disposition: form-data; name="file"; filename="caf\xe9.txt"')
+    status, _, body = await raw_request(files, f"POST /files HTTP/1.1\r\n{MULTIPART}", latin1)
+    assert status == 201
+    info = json.loads(body)
+    assert info["name"] == "caf\ufffd.txt"
+    async with http.get(f"{files.base}/files/{info['file_id']}", headers=files.auth()) as got:
+        assert got.status == 200
+        assert await got.read() == b"hello"
+        assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''caf%EF%BF%BD.txt"
+    assert "Traceback" not in files.server.output()
+
+
+MALFORMED = [
+    part(b'Content-Disposition: form-data; name="file"; filename="a\x1bb.txt"'),  # ESC
+    part(b'Content-Disposition: form-data; name="file"; filename="a\x7fb.txt"'),  # DEL
+    part(b'Content-Disposition: form-data; name="file"; filename="a\x00b.txt"'),  # NUL
+    part(b'Content-Disposition: form-data; name="file"; filename="a\rb.txt"'),  # a bare CR
+    part(b'Content-Disposition: form-data; name="file";\n filename="a.txt"'),  # a bare LF
+    part(b'Content-Disposition: form-data; name="file"\r\ngarbage'),  # a line without a colon
+    part(b'Content-Disposition: form-data; name="_charset_"', b"x" * 40),  # no charset
+]
+
+
+async def test_a_malformed_multipart_body_is_invalid_upload(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    files = start(spawn_server, tmp_path, WEBSOCKET_LIMITS__FILES_MEMORY_BYTES="1024")
+    not_gzip = (
+        f"{MULTIPART}\r\nContent-Encoding: gzip",
+        part(b'Content-Disposition: form-data; name="file"; filename="a.txt"'),
+    )
+    for extra, body in [(MULTIPART, bad) for bad in MALFORMED] + [not_gzip]:
+        status, headers, answer = await raw_request(files, f"POST /files HTTP/1.1\r\n{extra}", body)
+        assert status == 400, body
+        assert headers["content-type"].startswith("application/json")
+        assert headers["connection"] == "close"
+        assert json.loads(answer) == {
+            "error": "invalid_upload",
+            "detail": "the body is not valid multipart",
+        }
+    status, _ = await files.upload(http, b"x" * 1024)  # none of them took any room
+    assert status == 201
+    assert (await files.upload(http, b"y"))[0] == 507  # the cap is real: the store is full
+    log = files.server.output()
+    assert "Traceback" not in log
+    assert "internal_error" not in log
+
+
+async def test_a_malformed_signed_url_is_an_invalid_signature(files: Files) -> None:
+    for query in ["exp=%C2%B2", "exp=%EF%BC%91", "exp=99999999999&sig=%C3%A9", "exp=&sig="]:
+        sig = "" if "sig=" in query else "&sig=" + "0" * 64
+        status, _, body = await raw_request(
+            files, f"GET /files/f-{'0' * 32}?{query}{sig} HTTP/1.1", token=False
+        )
+        assert status == 403, query
+        assert json.loads(body)["error"] == "invalid_signature"
+    assert "Traceback" not in files.server.output()

@@ -5,6 +5,7 @@ flooding client, an abuse count that follows the user, and cleanup whatever fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -16,7 +17,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.server.store import MemoryStore
 from tests.conftest import ServerProcess, make_settings, run_gateway
 from tests.server.hostile import log_lines, start_server
-from tests.server.wire import WS_CLOSE, WS_TEXT, RawPeer, eventually, metric
+from tests.server.wire import WS_CLOSE, WS_PING, WS_PONG, WS_TEXT, RawPeer, eventually, metric
 
 STRICT = {
     "WEBSOCKET_SECURITY__RATE_LIMITING__MAX_REQUESTS_PER_MINUTE": "10",
@@ -79,6 +80,23 @@ async def test_a_ping_flood_is_rate_limited_then_closed_with_1008_that_arrives(
     pongs = [e for e in events if e.get("type") == "pong"]
     assert limited and len(pongs) < 200  # not every ping of the thousands sent was answered
     assert len(log_lines(server, "abuse")) == 1  # once per connection, not per frame
+    assert "Traceback" not in server.output()
+
+
+async def test_websocket_pings_count_in_the_frame_budget(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--agent", "echo", env=STRICT)
+    peer = await RawPeer.at(base(server), token(tmp_path))
+    pongs = 0
+    try:
+        await peer.read_frame()  # connected
+        peer.writer.write(RawPeer.encode_frame(WS_PING, b"p") * 500)  # one burst: 1 or 2 seconds
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                while (got := await peer.read_frame()) is not None:
+                    pongs += got.opcode == WS_PONG
+    finally:
+        peer.close()
+    assert 0 < pongs <= 2 * 50  # the budget (50 a second) answered; the rest got no pong
     assert "Traceback" not in server.output()
 
 

@@ -91,6 +91,26 @@ async def test_admin_broadcast_answers_400_json_to_hostile_bodies(
     assert "Traceback" not in server.output()
 
 
+async def test_an_admin_body_whose_content_encoding_does_not_decode_is_400(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    admin = issue_token(make_settings(tmp_path), "ops", scope="admin")[0]
+    headers = {
+        "Authorization": f"Bearer {admin}",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            http_url(server) + "/admin/broadcast", data=b"not gzip at all", headers=headers
+        ) as resp,
+    ):
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
+    await asyncio.sleep(0.2)  # what aiohttp does with the rest of the body comes after
+    assert "Traceback" not in server.output() and "Unhandled" not in server.output()
+
+
 async def test_every_response_says_server_qa_ws_and_the_page_forbids_framing(
     tmp_path: Path, server: ServerProcess
 ) -> None:
