@@ -86,6 +86,13 @@ def test_a_console_line_escapes_every_control_character_of_message_and_values() 
     assert line.endswith("hello\\x1b[2J user=eve\\nFAKE 00:00:00 INFO n=3")
 
 
+def test_a_console_line_escapes_the_bidirectional_controls_that_reorder_it() -> None:
+    stream, log = handler_and_logger()
+    log.info("connect", extra={"fields": {"user": "user\u202egnp.exe", "x": "\u2066a\u2069"}})
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith("connect user=user\\u202egnp.exe x=\\u2066a\\u2069")
+
+
 def test_a_json_line_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
     lone_surrogate, huge = "eve\ud800", 2**70  # a token's sub may carry one; ints are unbounded
     for value in (lone_surrogate, huge, {"nested": [1.5, None, True]}, Path("/tmp/x")):
@@ -96,9 +103,9 @@ def test_a_json_line_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
 
 
 def test_a_json_line_escapes_c1_controls_and_line_separators_but_keeps_utf8() -> None:
-    line = json_line({"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3})
-    assert line.isprintable() and "é" in line
-    assert json.loads(line) == {"user": "é\x85\x9b\u2028\u2029\x1b\n", "n": 3}
+    line = json_line({"user": "é\x85\x9b\u2028\u2029\x1b\n\u202e", "n": 3})
+    assert line.isprintable() and "é" in line and "\u202e" not in line
+    assert json.loads(line) == {"user": "é\x85\x9b\u2028\u2029\x1b\n\u202e", "n": 3}
 
 
 @pytest.fixture
