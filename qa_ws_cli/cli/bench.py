@@ -37,6 +37,7 @@ from qa_ws_cli.bench.spec import (
 )
 from qa_ws_cli.bench.tokens import TokenSource
 from qa_ws_cli.cli.common import SIGNING_HINT, ConfigOption, default_url, err_console, fail
+from qa_ws_cli.client.plain import SHELL_KEY_MISMATCH
 from qa_ws_cli.config import Settings, load_settings, parse_duration
 from qa_ws_cli.errors import QaWsError
 
@@ -386,11 +387,7 @@ def _aim(
     return _with(spec, url=targets[0], urls=targets)
 
 
-MINTED_WITH_ANOTHER_KEY = (
-    "; the users' tokens are signed with this shell's key (WEBSOCKET_SECRET_KEY, or the "
-    "development secret of `qa-ws serve --dev` when none is set) and the server uses another: "
-    "set WEBSOCKET_SECRET_KEY to the server's key, or pass --token"
-)
+MINTED_WITH_ANOTHER_KEY = f"; the users' tokens are signed {SHELL_KEY_MISMATCH}, or pass --token"
 
 
 def _preflight(target: str, token: str, *, minted: bool) -> None:

@@ -53,11 +53,13 @@ class UnknownCommand(QaWsError):
 TOKEN_REFUSALS = frozenset({"invalid_token", "token_expired", "token_revoked"})
 
 
-MINTED_WITH_ANOTHER_KEY = (
-    "--sub signed the token with this shell's key (WEBSOCKET_SECRET_KEY, or the development "
-    "secret of `qa-ws serve --dev` when none is set) and the server uses another: "
+# what a token minted here and refused for its signature means (send/repl --sub, bench)
+SHELL_KEY_MISMATCH = (
+    "with this shell's key (WEBSOCKET_SECRET_KEY, or the development secret of "
+    "`qa-ws serve --dev` when none is set) and the server uses another: "
     "set WEBSOCKET_SECRET_KEY to the server's key"
 )
+MINTED_WITH_ANOTHER_KEY = f"--sub signed the token {SHELL_KEY_MISMATCH}"
 MINTED_WITH_OTHER_SETTINGS = (
     "--sub minted the token with this shell's settings and the server checks others: "
     "give the server's config (-c FILE) or its WEBSOCKET_SECURITY__AUTHENTICATION__* variables"

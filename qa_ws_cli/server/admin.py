@@ -74,23 +74,22 @@ async def json_body(request: web.Request, timeout_s: float) -> object:
     return body
 
 
-def _bounded_int(digits: str) -> int:
-    if len(digits) > MAX_JSON_DIGITS:
+def _bounded(number: str) -> str:
+    """A JSON number's text, refused past ``MAX_JSON_DIGITS`` characters."""
+    if len(number) > MAX_JSON_DIGITS:
         raise ValueError("number too long")
-    return int(digits)
+    return number
+
+
+def _bounded_int(digits: str) -> int:
+    return int(_bounded(digits))
 
 
 def _bounded_float(text: str) -> float:
-    value = float(_bounded_text(text))
+    value = float(_bounded(text))
     if value in (float("inf"), float("-inf")):
         raise ValueError("number out of range")
     return value
-
-
-def _bounded_text(text: str) -> str:
-    if len(text) > MAX_JSON_DIGITS:
-        raise ValueError("number too long")
-    return text
 
 
 def _no_constant(name: str) -> Any:
