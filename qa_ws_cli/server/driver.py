@@ -157,22 +157,31 @@ class SessionDriver:
             self.metrics.errors[event.error].inc()
         core, memory = local.core, self.memory
         if memory is not None:  # kept in this step: no lock, and no other instance to tell
-            self._send_kept(
-                local, memory.append_now(core.session_id, core.user, event, local.seq + 1)
-            )
+            kept = memory.append_now(core.session_id, core.user, event, local.seq + 1)
+            if kept is None:
+                self._not_kept(event)
+            else:
+                self._send_kept(local, kept)
             return
         if local.lock is None:
             local.lock = asyncio.Lock()
         async with local.lock:  # one append at a time: its seq and frame go out in order
             kept = await self.store.append(core.session_id, core.user, event, local.seq + 1)
-            if kept is not None and not self._send_kept(local, kept):
+            if kept is None:
+                self._not_kept(event)
+            elif not self._send_kept(local, kept):
                 seq, frame = kept  # perhaps attached on another instance
                 await self.store.publish_frame(core.session_id, seq, frame, event.reply_to)
 
-    def _send_kept(self, local: LocalSession, kept: tuple[int, str] | None) -> bool:
+    def _not_kept(self, event: Publish) -> None:
+        """The store did not keep ``event``: its claim was gone (nothing to send anywhere), or
+        its chat was answered already (its ``instead`` goes out)."""
+        instead = event.instead
+        if instead is not None and (conn := self.connections.get(instead.conn)) is not None:
+            conn.send(instead.frame)
+
+    def _send_kept(self, local: LocalSession, kept: tuple[int, str]) -> bool:
         """A kept frame to the session's connection on this instance; False if it has none."""
-        if kept is None:
-            return True  # not kept (its claim was gone): nothing to send anywhere
         seq, frame = kept
         local.seq = seq
         attached = local.core.attached

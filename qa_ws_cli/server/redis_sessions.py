@@ -77,6 +77,7 @@ if wait then return {'limited', wait} end
 _APPEND = """
 local chat = ARGV[6]
 if ARGV[9] == '1' and redis.call('HEXISTS', KEYS[6], chat) == 0 then return false end
+if ARGV[9] == '2' and redis.call('HEXISTS', KEYS[3], chat) == 1 then return false end
 redis.call('HSETNX', KEYS[1], 'user', ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local floor = tonumber(ARGV[3])
@@ -128,8 +129,14 @@ def claim_result(reply: list[Any]) -> ClaimResult:
     return Claimed(StoredTurns(value))
 
 
+def _append_condition(event: Publish) -> int:
+    """``_APPEND``'s ARGV[9]: 1 only while the chat is claimed, 2 unless it was answered."""
+    return 1 if event.only_if_claimed else 2 if event.instead is not None else 0
+
+
 def append_result(reply: list[Any] | None) -> tuple[int, str] | None:
-    """The seq and frame the append's script kept, or None (``only_if_claimed``, not claimed)."""
+    """The seq and frame the append's script kept, or None (not kept: ``only_if_claimed`` and
+    not claimed, or ``instead`` and answered already)."""
     if not reply:
         return None
     return int(reply[0]), as_text(reply[1])
@@ -284,7 +291,7 @@ class RedisSessionStore(SessionStore):
             chat_id,
             int(event.answer),
             int(event.release),
-            int(event.only_if_claimed),
+            _append_condition(event),
             turn,
             s.history_turns,
             s.max_answered_ids,

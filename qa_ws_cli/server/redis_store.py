@@ -405,4 +405,4 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
                 delay = min(delay * 2, BACKOFF_MAX_S)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in newer redis

@@ -65,6 +65,8 @@ class Publish:
     release: bool = False  # the run of ``reply_to`` is over: give its claim back
     only_if_claimed: bool = False  # publish only while ``reply_to`` is still claimed
     error: str | None = None  # the error code, when the event is an ``error`` (for metrics)
+    # not kept when ``reply_to`` was answered already (a bad resend): this goes out instead
+    instead: SendFrame | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,14 +438,16 @@ class SessionCore:
         retry_after: float | None = None,
     ) -> list[Output]:
         """An error for ``conn``: replayable (with ``seq``) when it answers a chat of the
-        attached connection, else live. A frame that reuses the id of a chat in flight (bad,
-        oversize, over the rate limit) is answered live and without ``reply_to``: that chat's
-        one final frame is still to come."""
-        if reply_to is not None and (reply_to in self.runs or reply_to in self.remote):
-            reply_to = None
-        if reply_to is not None and self.attached == conn:
-            return [Publish(error_body(code, message, reply_to, retry_after), reply_to, error=code)]
-        return [SendFrame(conn, error_body(code, message, None, retry_after), error=code)]
+        attached connection, else live. A frame that reuses the id of a chat in flight or
+        answered already (bad, oversize, over the rate limit) is answered live and without
+        ``reply_to``: that chat has one final frame, sent or still to come. Only the store
+        knows the answered ids, so that case is the ``instead`` of the ``Publish``."""
+        anonymous = SendFrame(conn, error_body(code, message, None, retry_after), error=code)
+        in_flight = reply_to in self.runs or reply_to in self.remote
+        if reply_to is None or in_flight or self.attached != conn:
+            return [anonymous]
+        body = error_body(code, message, reply_to, retry_after)
+        return [Publish(body, reply_to, error=code, instead=SendFrame(conn, anonymous.frame))]
 
     def _publish_error(self, chat_id: str, code: str, message: str | None = None) -> Publish:
         text = message or SAFE_MESSAGES.get(ErrorCode(code), "the agent failed to answer")

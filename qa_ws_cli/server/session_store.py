@@ -85,7 +85,8 @@ class SessionStore(ABC):
         self, session_id: str, user: str, event: Publish, min_seq: int = 0
     ) -> tuple[int, str] | None:
         """Keep a replayable event: its ``seq`` (at least ``min_seq``) and its frame; None when
-        ``event.only_if_claimed`` and the claim is gone."""
+        ``event.only_if_claimed`` and the claim is gone, or ``event.instead`` and the chat was
+        answered already."""
 
     @abstractmethod
     async def frames_after(self, session_id: str, seq: int) -> list[tuple[int, str]]:
@@ -196,6 +197,8 @@ class MemorySessionStore(SessionStore):
         settings = self.sessions
         chat_id = event.reply_to
         if event.only_if_claimed and (chat_id is None or chat_id not in (record.claims or ())):
+            return None
+        if event.instead is not None and chat_id in (record.answers or ()):
             return None
         record.seq = seq = max(record.seq + 1, min_seq)
         frame = with_seq(event.body, seq)

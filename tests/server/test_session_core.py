@@ -183,6 +183,15 @@ def test_errors_for_a_connection_that_does_not_hold_the_session_are_live_and_ano
     assert body(out)["reply_to"] is None and body(out)["retry_after"] == 1.5
 
 
+def test_an_error_answering_a_chat_carries_its_anonymous_frame_for_an_answered_id() -> None:
+    """The core does not know the answered ids: the store keeps the error only if the chat
+    was not answered, else its ``instead`` goes out (no reply_to, no seq)."""
+    (out,) = core().error("c1", "message_too_large", "too long", "q1")
+    assert isinstance(out, Publish) and body(out)["reply_to"] == "q1"
+    assert out.instead is not None and out.instead.conn == "c1"
+    assert json.loads(out.instead.frame)["reply_to"] is None
+
+
 def test_attaching_a_second_connection_closes_the_first() -> None:
     session = core()
     assert session.attach("c2") == [

@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 
 from qa_ws_cli.agents.base import ChatContext
-from qa_ws_cli.agents.builtin import DemoAgent
+from qa_ws_cli.agents.builtin import DemoAgent, EchoAgent
 from qa_ws_cli.agents.events import Piece
 from qa_ws_cli.client import ClientOptions, QaWsClient
+from qa_ws_cli.server.redis_store import RedisStore
 from tests.conftest import Running, make_settings, run_gateway
 from tests.server.test_chat import open_ws, until
 from tests.server.wire import cut
@@ -97,6 +98,42 @@ async def test_resend_of_an_answered_id_gets_the_stored_answer(
         assert second["seq"] == 2 and len(agent.calls) == 2
         assert [t.role for t in agent.calls[1].history] == ["user", "assistant"]
         await ws.close()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_bad_resend_of_an_answered_id_leaves_it_its_one_answer(
+    tmp_path: Path, http: aiohttp.ClientSession, request: pytest.FixtureRequest, store: str
+) -> None:
+    """Oversize, empty or over the rate limit, the resend's error names no chat and is not
+    kept: a resume still replays the answer alone, and a good resend still gets it."""
+    settings = make_settings(
+        tmp_path,
+        limits={"max_content_chars": 40},
+        security={"rate_limiting": {"max_requests_per_minute": 3, "burst": 10}},
+    )
+    backing = None
+    if store == "redis":
+        backing = RedisStore(request.getfixturevalue("redis_server").url)
+    async with run_gateway(settings, EchoAgent(), backing) as running:
+        ws, hello = await open_ws(http, running)
+        await ws.send_json({"type": "chat_message", "id": "X", "content": "login form?"})
+        answer = await until(ws, "agent_response")
+        bad = [{"content": "x" * 41}, {"content": ""}, {"content": "ok"}, {"content": "ok"}]
+        for fields in bad:  # rate-limited: the oversize one counted, not the invalid one
+            await ws.send_json({"type": "chat_message", "id": "X", **fields})
+        frames = [await ws.receive_json(timeout=5) for _ in bad]
+        assert [(f.get("code"), f["reply_to"], "seq" in f) for f in frames] == [
+            ("message_too_large", None, False),
+            ("invalid_message", None, False),
+            (None, "X", True),  # the third chat: the stored answer again
+            ("rate_limited", None, False),
+        ]
+        assert frames[2] == answer
+        await ws.close()
+        again, resumed = await open_ws(http, running, session_id=hello["session_id"], last_seq="0")
+        assert resumed["replayed"] == 1
+        assert await again.receive_json(timeout=5) == answer
+        await again.close()
 
 
 async def test_another_users_resume_is_refused(
