@@ -129,6 +129,8 @@ async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
             data += chunk
     except MALFORMED_BODY as exc:
         raise _Refused(400, FileError.INVALID_UPLOAD, "the body is not valid multipart") from exc
+    if not part.at_eof():  # the body ended before the boundary after the file: cut off
+        raise _Refused(400, FileError.INVALID_UPLOAD, "the body ends inside the file part")
     return bytes(data)
 
 

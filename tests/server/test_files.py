@@ -268,6 +268,24 @@ async def test_a_filename_that_is_not_utf8_gets_replacement_characters(
     assert "Traceback" not in files.server.output()
 
 
+async def test_a_body_that_ends_inside_the_file_part_stores_nothing(files: Files) -> None:
+    """Its Content-Length honest, the body stops before the boundary after the file: what
+    came is not the whole file, so nothing is kept (it was stored cut off)."""
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+    sized = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+    sized += b"Content-Length: 20\r\n"
+    for cut in [head + b"\r\nhello, half a fi", sized + b"\r\nhello, half"]:
+        status, _, answer = await raw_request(files, f"POST /files HTTP/1.1\r\n{MULTIPART}", cut)
+        assert (status, json.loads(answer)) == (
+            400,
+            {"error": "invalid_upload", "detail": "the body ends inside the file part"},
+        )
+    whole = head + b"\r\nhello, a whole file\r\n--b--\r\n"  # the same, complete: kept
+    status, _, answer = await raw_request(files, f"POST /files HTTP/1.1\r\n{MULTIPART}", whole)
+    assert status == 201 and json.loads(answer)["size"] == 19
+    assert "Traceback" not in files.server.output()
+
+
 MALFORMED = [
     part(b'Content-Disposition: form-data; name="file"; filename="a\x1bb.txt"'),  # ESC
     part(b'Content-Disposition: form-data; name="file"; filename="a\x7fb.txt"'),  # DEL
