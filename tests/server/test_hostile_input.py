@@ -92,6 +92,8 @@ def expect_value(data: Any, answered: dict[str, str]) -> Expect:
         return error("invalid_message", None)
     reply_to = valid_id(data.get("id"))
     kind = data["type"]
+    # an error about an answered id names no chat: that id's one final frame was sent
+    error_to = None if reply_to in answered else reply_to
     if kind == "ping":
         return (
             Expect(events=(("pong", None, reply_to, None),))
@@ -100,14 +102,14 @@ def expect_value(data: Any, answered: dict[str, str]) -> Expect:
         )
     if kind == "cancel":  # every answer is in by then: there is nothing in flight to stop
         ok = reply_to is not None and valid_id(data.get("target")) is not None
-        return error("not_in_flight", reply_to) if ok else error("invalid_message", reply_to)
+        return error("not_in_flight", error_to) if ok else error("invalid_message", error_to)
     if kind != "chat_message":
-        return error("invalid_message", reply_to)
+        return error("invalid_message", error_to)
     content = data.get("content")
     if reply_to is None or not isinstance(content, str) or not content:
-        return error("invalid_message", reply_to)
+        return error("invalid_message", error_to)
     if len(content) > MAX_CHARS:
-        return error("message_too_large", reply_to)
+        return error("message_too_large", error_to)
     first = answered.setdefault(reply_to, content)  # a known id gets its first answer again
     return Expect(events=(("agent_response", None, reply_to, first),))
 
