@@ -119,6 +119,32 @@ async def test_a_close_1001_mid_answer_is_replayed_on_the_other_instance(
         assert (await chat(ws, "q2", "next"))["seq"] == 2  # seq carries on, on B
 
 
+async def test_a_session_resumed_elsewhere_while_its_answer_runs_gets_that_answer(
+    pair: tuple[ServerProcess, ServerProcess], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The client moved to B while A answers: A closes the old connection (as a second one
+    on A would close it), the answer reaches B, a cancel of it is not_in_flight and a resend
+    gets it again. (The old connection stayed open and got the answer alone; on B the chat
+    stayed "running elsewhere" forever: no answer, and silence for its cancel and resend.)"""
+    a, b = pair
+    auth = headers(tmp_path, "gina")
+    async with http.ws_connect(a.url, headers=auth) as old:
+        hello = await next_event(old)
+        await old.send_json({"type": "chat_message", "id": "q1", "content": "sleep=1.5 moved"})
+        assert (await next_event(old))["type"] == "agent_delta"
+        params = {"session_id": hello["session_id"], "last_seq": "0"}
+        async with http.ws_connect(b.url, headers=auth, params=params) as ws:
+            assert (await next_event(ws))["resumed"] is True
+            assert await close_code(old) == 1000
+            (answer,) = await until(ws, answer_to("q1"), timeout=8)
+            assert (answer["type"], answer["seq"]) == ("agent_response", 1)
+            await ws.send_json({"type": "cancel", "id": "c1", "target": "q1"})
+            refused = await next_event(ws)
+            assert (refused["code"], refused["reply_to"]) == ("not_in_flight", "c1")
+            assert await chat(ws, "q1", "sleep=1.5 moved") == answer
+            assert (await chat(ws, "q2", "next"))["seq"] == 3
+
+
 async def test_redis_restarted_mid_run_degrades_and_recovers(
     pair: tuple[ServerProcess, ServerProcess],
     tmp_path: Path,

@@ -135,7 +135,7 @@ class SessionDriver:
             elif isinstance(out, CancelRun):
                 self.background(self._cancel(local, out.chat_id))
             elif isinstance(out, CancelRemote):
-                await self.store.relay_cancel(local.core.session_id, out.chat_id, out.cancel_id)
+                await self._cancel_remote(local, out)
             elif isinstance(out, CloseConnection):
                 conn = self.connections.get(out.conn)
                 if conn is not None:
@@ -294,6 +294,32 @@ class SessionDriver:
         await self.runner.cancel(running.context)
         running.task.cancel()
 
+    async def _cancel_remote(self, local: LocalSession, out: CancelRemote) -> None:
+        """Relay a cancel to the instance that runs its target, if one still does."""
+        core = local.core
+        ended = await self.store.ended(core.session_id, [out.chat_id])
+        if not ended.lapsed and not ended.released:
+            await self.store.relay_cancel(core.session_id, out.chat_id, out.cancel_id)
+            return
+        if ended.released:
+            await self._catch_up(local, ended.released)
+        await self.apply(
+            local, core.cancel_ended(out.conn, out.cancel_id, out.chat_id, bool(ended.lapsed))
+        )
+
+    async def _catch_up(self, local: LocalSession, released: list[str]) -> None:
+        """Runs of another instance ended: the kept frames the attached connection has not
+        had yet (a frame of the cluster's can miss it: it came before the connection
+        attached, or the other instance sent it to a connection of its own)."""
+        core = local.core
+        core.settled_elsewhere(released)
+        conn = self.connections.get(core.attached) if core.attached else None
+        if conn is None:
+            return
+        for seq, frame in await self.store.frames_after(core.session_id, conn.last_seq):
+            local.seq = max(local.seq, seq)
+            conn.send_seq(seq, frame)
+
     def _finish(self, local: LocalSession, chat_id: str) -> None:
         running = local.running.pop(chat_id, None) if isinstance(local.running, dict) else None
         if running is not None:
@@ -321,9 +347,11 @@ class SessionDriver:
         for local in list(self.local.values()):
             core = local.core
             if core.remote and core.attached is not None:
-                lapsed = await store.lapsed(core.session_id, sorted(core.remote))
-                if lapsed:
-                    await self.apply(local, core.interrupted(lapsed))
+                ended = await store.ended(core.session_id, sorted(core.remote))
+                if ended.released:
+                    await self._catch_up(local, ended.released)
+                if ended.lapsed:
+                    await self.apply(local, core.interrupted(ended.lapsed))
 
     async def touch_attached(self) -> None:
         attached = [sid for sid, loc in self.local.items() if loc.core.attached is not None]

@@ -204,6 +204,11 @@ class Gateway:
         if conn is not None:
             conn.send_seq(seq, frame)
 
+    def deliver_attach(self, session_id: str, conn_id: str) -> None:
+        local = self.driver.local.get(session_id)
+        if local is not None:
+            self.driver.spawn(local, local.core.attached_elsewhere(conn_id))
+
     def deliver_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
         local = self.driver.local.get(session_id)
         if local is not None:

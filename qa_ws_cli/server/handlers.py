@@ -194,6 +194,7 @@ async def _open(
     for frame in replay:
         conn.send(frame)
     if record is not None:
+        await gw.store.announce_attach(conn.session_id, conn.id)  # another instance's goes
         conn.last_seq = local.seq = max(local.seq, record.seq, last_seq)
         local.core.running_elsewhere(record.running)
         # what was published between the lookup and the attach

@@ -43,7 +43,13 @@ from qa_ws_cli.server.session_core import (
     RateLimited,
     RunningElsewhere,
 )
-from qa_ws_cli.server.session_store import Event, ResumeRecord, SessionStore, replay_after
+from qa_ws_cli.server.session_store import (
+    EndedClaims,
+    Event,
+    ResumeRecord,
+    SessionStore,
+    replay_after,
+)
 
 PREFIX = "qa-ws:s:"
 _PARTS = ("m", "e", "a", "o", "h", "c")  # the session's keys, as KEYS[1..6] of ``append``
@@ -237,9 +243,10 @@ class RedisSessionStore(SessionStore):
         horizon = time.time() - self.sessions.buffer_age_s
         frames = replay_after(events, seq, last_seq, horizon)
         chat_ids = [as_text(c) for c in claimed]
-        lapsed = set(await self.lapsed(session_id, chat_ids)) if chat_ids else set()
-        running = [c for c in chat_ids if c not in lapsed]
-        return ResumeRecord(user, seq, frames, running, sorted(lapsed))
+        ended = await self.ended(session_id, chat_ids) if chat_ids else EndedClaims([], [])
+        gone = {*ended.lapsed, *ended.released}
+        running = [c for c in chat_ids if c not in gone]
+        return ResumeRecord(user, seq, frames, running, sorted(ended.lapsed))
 
     @staticmethod
     def _events(entries: list[Any]) -> list[Event]:
@@ -308,18 +315,16 @@ class RedisSessionStore(SessionStore):
                 pipe.set(self.key(session_id, f"l:{chat_id}"), instance, px=self._lease_ms)
             await pipe.execute()
 
-    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+    async def ended(self, session_id: str, chat_ids: Iterable[str]) -> EndedClaims:
         ids = list(chat_ids)
         async with self.client.pipeline(transaction=False) as pipe:
             for chat_id in ids:
                 pipe.hexists(self.key(session_id, "c"), chat_id)
                 pipe.exists(self.key(session_id, f"l:{chat_id}"))
             found = await pipe.execute()
-        return [
-            c
-            for c, claimed, alive in zip(ids, found[::2], found[1::2], strict=True)
-            if claimed and not alive
-        ]
+        held = list(zip(ids, found[::2], found[1::2], strict=True))
+        lapsed = [c for c, claimed, alive in held if claimed and not alive]
+        return EndedClaims(lapsed, [c for c, claimed, _ in held if not claimed])
 
     async def touch(self, session_ids: Iterable[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -47,7 +47,7 @@ from qa_ws_cli.server.redis_sessions import (
 )
 from qa_ws_cli.server.redis_slots import RESERVE, RedisConnectionSlots
 from qa_ws_cli.server.session_core import ClaimResult, Publish
-from qa_ws_cli.server.session_store import ResumeRecord
+from qa_ws_cli.server.session_store import EndedClaims, ResumeRecord
 from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
 
 CHANNEL = "qa-ws:cluster"
@@ -229,11 +229,11 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
             lambda: self.local.renew(held, instance),
         )
 
-    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+    async def ended(self, session_id: str, chat_ids: Iterable[str]) -> EndedClaims:
         ids = list(chat_ids)
         return await self._guarded(
-            lambda: RedisSessionStore.lapsed(self, session_id, ids),
-            lambda: self.local.lapsed(session_id, ids),
+            lambda: RedisSessionStore.ended(self, session_id, ids),
+            lambda: self.local.ended(session_id, ids),
         )
 
     async def touch(self, session_ids: Iterable[str]) -> None:
@@ -301,6 +301,10 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
     async def relay_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
         await self._send("cancel", s=session_id, t=target, i=cancel_id)
 
+    async def announce_attach(self, session_id: str, conn_id: str) -> None:
+        if not self._down:
+            await self._send("attach", s=session_id, c=conn_id)
+
     async def _on_message(self, data: bytes | str) -> None:
         try:
             msg = json.loads(data)
@@ -336,6 +340,9 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         elif kind == "revoke":
             for peer in self._peers:
                 peer.deliver_revocation()
+        elif kind == "attach":
+            for peer in self._peers:
+                peer.deliver_attach(str(msg["s"]), str(msg["c"]))
         else:
             await self._dispatch_operator(kind, msg)  # notify, connections, disconnect
 

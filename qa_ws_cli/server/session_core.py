@@ -42,6 +42,7 @@ SAFE_MESSAGES = {
     ErrorCode.AGENT_INTERRUPTED: "the server running this answer stopped; send it again",
 }
 INTERRUPTED_RETRY_AFTER_S = 1.0
+RESUMED_ELSEWHERE = "session resumed on another connection"
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -90,10 +91,12 @@ class CancelRun:
 
 @dataclass(frozen=True, slots=True)
 class CancelRemote:
-    """The run is on another instance: ask the cluster to stop it."""
+    """The run is on another instance: ask the cluster to stop it (unless the store says it
+    runs nowhere any more: then ``cancel_ended``)."""
 
     chat_id: str
     cancel_id: str
+    conn: str  # who asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +194,17 @@ class SessionCore:
         """``conn`` holds the session from now on; a connection that held it is closed."""
         previous, self.attached = self.attached, conn
         if previous is not None and previous != conn:
-            return [
-                CloseConnection(previous, CloseCode.NORMAL, "session resumed on another connection")
-            ]
+            return [CloseConnection(previous, CloseCode.NORMAL, RESUMED_ELSEWHERE)]
         return []
+
+    def attached_elsewhere(self, conn: str) -> list[Output]:
+        """``conn``, on another instance, resumed the session: the connection here that
+        held it is closed, and what is published from now on goes to that instance."""
+        previous = self.attached
+        if previous is None or previous == conn:
+            return []
+        self.attached = None
+        return [CloseConnection(previous, CloseCode.NORMAL, RESUMED_ELSEWHERE)]
 
     def detach(self, conn: str) -> None:
         """The connection went (any close code): its runs carry on into the session."""
@@ -241,8 +251,8 @@ class SessionCore:
                 f"content is longer than {limits.max_content_chars} characters",
                 chat_id,
             )
-        if chat_id in self.runs or chat_id in self.remote:
-            return []  # in flight: its answer reaches this session anyway
+        if chat_id in self.runs:
+            return []  # in flight here: its answer reaches this session anyway
         if draining:
             return self.error(
                 conn,
@@ -259,6 +269,8 @@ class SessionCore:
                 chat_id,
                 retry_after=1.0,
             )
+        if chat_id in self.remote:  # run elsewhere: the store says if it still is, or answered
+            self._forget_remote(chat_id)
         runs = self.runs if isinstance(self.runs, dict) else {}
         runs[chat_id] = Run(conn, content, 0.0, attachments=attachments)
         self.runs = runs
@@ -294,10 +306,19 @@ class SessionCore:
                 return [CancelRun(target)] if run.running else []
             return []
         if target in self.remote:
-            return [CancelRemote(target, cancel_id)]
-        return self.error(
-            conn, ErrorCode.NOT_IN_FLIGHT, f"no answer to {target!r} is in flight", cancel_id
-        )
+            return [CancelRemote(target, cancel_id, conn)]
+        return self._not_in_flight(conn, cancel_id, target)
+
+    def cancel_ended(self, conn: str, cancel_id: str, target: str, lapsed: bool) -> list[Output]:
+        """The store found that the remote target of ``cancel`` runs nowhere any more (its
+        claim released, or lapsed: its instance died)."""
+        self._forget_remote(target)
+        ended = self.interrupted([target]) if lapsed else []
+        return ended + self._not_in_flight(conn, cancel_id, target)
+
+    def _not_in_flight(self, conn: str, cancel_id: str, target: str) -> list[Output]:
+        message = f"no answer to {target!r} is in flight"
+        return self.error(conn, ErrorCode.NOT_IN_FLIGHT, message, cancel_id)
 
     def cancel_from_cluster(self, target: str, cancel_id: str) -> list[Output]:
         """Another instance relays its client's ``cancel`` for a run of ours."""
@@ -387,6 +408,12 @@ class SessionCore:
         return min(deadlines) if deadlines else None
 
     # -- the cluster -----------------------------------------------------------------------------
+
+    def settled_elsewhere(self, chat_ids: Iterable[str]) -> None:
+        """Runs of another instance whose claim was released: their final frame is kept
+        (the caller sends what this session's connection missed of it)."""
+        for chat_id in chat_ids:
+            self._forget_remote(chat_id)
 
     def remote_frame(self, frame: str, reply_to: str | None) -> list[Output]:
         """A replayable frame another instance published into this session."""

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from qa_ws_cli.config import SessionSettings
 from qa_ws_cli.server.session_core import (
@@ -38,6 +39,13 @@ class ResumeRecord:
     frames: list[str] | None  # the kept frames after last_seq; None: the gap cannot be filled
     running: list[str] = field(default_factory=list)  # claimed, lease alive
     interrupted: list[str] = field(default_factory=list)  # claimed, lease lapsed
+
+
+class EndedClaims(NamedTuple):
+    """Of some chat ids run elsewhere, those no longer running anywhere."""
+
+    lapsed: list[str]  # still claimed, the lease lapsed: their instance died
+    released: list[str]  # not claimed: answered, failed or given up
 
 
 def replay_after(
@@ -97,8 +105,8 @@ class SessionStore(ABC):
         """Renew the leases of ``(session_id, chat_id)`` runs this instance is running."""
 
     @abstractmethod
-    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
-        """Those of ``chat_ids`` still claimed whose lease lapsed (their instance died)."""
+    async def ended(self, session_id: str, chat_ids: Iterable[str]) -> EndedClaims:
+        """Those of ``chat_ids`` whose claim lapsed, and those no longer claimed."""
 
     @abstractmethod
     async def touch(self, session_ids: Iterable[str]) -> None:
@@ -236,13 +244,13 @@ class MemorySessionStore(SessionStore):
             if record is not None and record.claims and chat_id in record.claims:
                 record.claims[chat_id] = (instance, lease)
 
-    async def lapsed(self, session_id: str, chat_ids: Iterable[str]) -> list[str]:
+    async def ended(self, session_id: str, chat_ids: Iterable[str]) -> EndedClaims:
         record = self._get(session_id)
-        if record is None:
-            return []
+        ids = list(chat_ids)
+        held = record.claims or {} if record is not None else {}
         now = time.time()
-        held = record.claims or {}
-        return [c for c in chat_ids if c in held and held[c][1] < now]
+        lapsed = [c for c in ids if c in held and held[c][1] < now]
+        return EndedClaims(lapsed, [c for c in ids if c not in held])
 
     async def touch(self, session_ids: Iterable[str]) -> None:
         expires_at = time.time() + self.sessions.ttl_s

@@ -33,6 +33,9 @@ class ClusterPeer(Protocol):
     def deliver_revocation(self) -> None:
         """Somebody revoked a token or a user: read the shared revocations again."""
 
+    def deliver_attach(self, session_id: str, conn_id: str) -> None:
+        """A connection of another instance resumed a session: one here lets it go."""
+
 
 InstanceReport = dict[str, Any]
 """One instance's answer to "who is connected": ``instance``, ``name``, ``version`` and
@@ -74,6 +77,11 @@ class Store(SessionStore):
 
     async def relay_cancel(self, session_id: str, target: str, cancel_id: str) -> None:
         """Ask the instance running ``target`` to stop it."""
+        return None
+
+    async def announce_attach(self, session_id: str, conn_id: str) -> None:
+        """Tell the other instances a connection here resumed the session: one of theirs
+        that still holds it (half-open, say) is closed, as a second one here would be."""
         return None
 
     async def revocations(self) -> tuple[dict[str, float], dict[str, float]] | None:

@@ -84,8 +84,10 @@ def test_an_id_running_on_another_instance_is_attached_and_cancel_is_relayed() -
     session = core()
     session.chat("c1", "q1", "how?", draining=False)
     assert session.claimed("q1", RunningElsewhere("other"), 1.0) == []
-    assert session.chat("c1", "q1", "how?", draining=False) == []  # attached, not claimed again
-    assert session.cancel("c1", "x1", "q1") == [CancelRemote("q1", "x1")]
+    # a resend asks the store again: answered meanwhile, or still running there
+    assert session.chat("c1", "q1", "how?", draining=False) == [Claim("q1")]
+    assert session.claimed("q1", RunningElsewhere("other"), 1.0) == []
+    assert session.cancel("c1", "x1", "q1") == [CancelRemote("q1", "x1", "c1")]
     assert session.remote_frame('{"seq":9}', "q1") == [SendFrame("c1", '{"seq":9}')]
     assert not session.remote
 
