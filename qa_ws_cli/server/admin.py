@@ -40,6 +40,9 @@ def refuse(error: str, detail: str, status: int = 400) -> BodyError:
     return BodyError(web.json_response({"error": error, "detail": detail}, status=status))
 
 
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})  # ASCII: a subset of it
+
+
 async def json_body(request: web.Request, timeout_s: float) -> object:
     """The body as JSON, or ``BodyError`` with the answer to send (never a 500)."""
     try:
@@ -55,10 +58,12 @@ async def json_body(request: web.Request, timeout_s: float) -> object:
         refused = refuse("invalid_json", "the body could not be decoded (Content-Encoding)")
         refused.response.force_close()  # where the next request would start is unknown
         raise refused from None
+    if (request.charset or "utf-8").lower() not in _UTF8_CHARSETS:  # RFC 8259: JSON is UTF-8
+        raise refuse("invalid_json", "the body must be JSON in UTF-8")
     try:
-        text = raw.decode(request.charset or "utf-8")
-    except (LookupError, UnicodeDecodeError):
-        raise refuse("invalid_json", "the body must be JSON in a known charset") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse("invalid_json", "the body must be JSON in UTF-8") from None
     try:
         body = json.loads(
             text,

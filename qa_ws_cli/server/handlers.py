@@ -301,7 +301,9 @@ def _metrics_refused(gw: Gateway, request: web.Request) -> web.Response | None:
     token = given[7:].strip() if given[:7].lower() == "bearer " else ""
     if not token:
         return refusal(gw, request, 401, HandshakeError.MISSING_TOKEN, "send the metrics token")
-    if not hmac.compare_digest(token.encode(), wanted.get_secret_value().encode()):
+    # a header's non-ASCII bytes reach here as lone surrogates: compared, never a 500
+    given_bytes = token.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given_bytes, wanted.get_secret_value().encode()):
         return refusal(gw, request, 401, HandshakeError.INVALID_TOKEN, "wrong metrics token")
     return None
 

@@ -31,14 +31,15 @@ from qa_ws_cli.server.keys import REQUEST_ID
 
 # the value ends at the next parameter, or at the end of the path inside a log line
 _TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
-# the bidirectional controls, which reorder what a terminal or an editor shows of a line
-_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+# the bidirectional controls (Unicode's Bidi_Control property), which reorder what a terminal
+# or an editor shows of a line
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 _CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
-_CONTROLS.update({c: f"\\u{c:04x}" for c in _BIDI})
+_CONTROLS.update({c: f"\\u{c:04x}" for c in BIDI_CONTROLS})
 # what JSON leaves raw but a terminal or a line splitter acts on, as JSON escapes (inside strings:
 # everything orjson writes outside a string is ASCII)
-_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029, *_BIDI)}
+_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029, *BIDI_CONTROLS)}
 
 
 def escape_controls(text: str) -> str:

@@ -12,6 +12,8 @@ import json
 import re
 from urllib.parse import unquote
 
+from qa_ws_cli.server.logs import BIDI_CONTROLS
+
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -26,6 +28,10 @@ _LOG_LINE = re.compile(
 _MARKDOWN_LINE = re.compile(r"^(#{1,6} \S|```|[-*+] \S|\d+\. \S|> \S|\|.*\|\s*$)")
 _MARKDOWN_LINK = re.compile(r"\[[^\]\n]+\]\([^)\s]+\)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# in a file's name: every C0 and C1 control, DEL, the line separators and the bidi controls
+_NAME_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(chr(c) for c in BIDI_CONTROLS) + "]"
+)
 
 
 def sniff(data: bytes) -> str | None:
@@ -104,7 +110,7 @@ def clean_name(filename: str | None, mime: str) -> str:
     filename that way, and some clients escape everything.
     """
     name = unquote(filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = _CONTROL.sub("", name).strip().lstrip(".")
+    name = _NAME_UNSAFE.sub("", name).strip().lstrip(".")
     if not name:
         name = "file." + mime.rsplit("/", 1)[-1].removeprefix("x-")
     if len(name) > 120:

@@ -84,6 +84,8 @@ def test_undecodable_names_become_replacement_characters() -> None:
 def test_names_lose_directories_and_control_characters() -> None:
     assert clean_name("C:\\Users\\me\\shot.png", "image/png") == "shot.png"
     assert clean_name("a\x1b[31m\x00b.txt", "text/plain") == "a[31mb.txt"
+    # line breaks, a C1 CSI, NEL and bidi controls (U+2066, U+061C) too: a name is one line
+    assert clean_name("a%0D%0Ab\x9b\x85\u2066\u061c\u2028.txt", "text/plain") == "ab.txt"
     assert clean_name("%22quoted%22.md", "text/markdown") == '"quoted".md'
     assert clean_name("", "text/x-log") == "file.log"
     long = clean_name("x" * 500 + ".csv", "text/csv")

@@ -68,13 +68,15 @@ async def test_a_100_kb_token_is_not_echoed(server: ServerProcess) -> None:
     ("content_type", "body"),
     [
         ("application/json; charset=nonexistent", b'{"message": "hi"}'),
+        ("application/json; charset=punycode", b'{"message": "hi"}'),  # was a 500
+        ("application/json; charset=utf-16", '{"message": "hi"}'.encode("utf-16")),
         ("application/json", b"[" * 30_000 + b"]" * 30_000),
         ("application/json", b'{"message": "hi", "n": ' + b"9" * 5000 + b"}"),
         ("application/json", b"\xff\xfe not json"),
         ("application/json", b'{"message": "bad \\ud800"}'),
         ("application/json", b'{"message": "hi", "extra": 1}'),
     ],
-    ids=["charset", "deep", "digits", "bytes", "surrogate", "unknown"],
+    ids=["charset", "punycode", "utf-16", "deep", "digits", "bytes", "surrogate", "unknown"],
 )
 async def test_admin_broadcast_answers_400_json_to_hostile_bodies(
     tmp_path: Path, server: ServerProcess, content_type: str, body: bytes
@@ -142,6 +144,11 @@ async def test_metrics_behind_a_token(tmp_path: Path) -> None:
                 assert resp.status == status
                 if status == 200:
                     assert "qa_ws_connections" in await resp.text()
+    # a token no client library would send: a byte that is not UTF-8 (it was a 500)
+    raw = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\r\n\r\n"
+    head, body = split(await exchange(port_of(server), raw))
+    assert head.split(" ")[1] == "401" and json.loads(body)["error"] == "invalid_token"
+    assert "Traceback" not in server.output()
 
 
 async def test_metrics_refused_on_a_public_bind_without_a_token(tmp_path: Path) -> None:

@@ -88,9 +88,10 @@ def test_a_console_line_escapes_every_control_character_of_message_and_values() 
 
 def test_a_console_line_escapes_the_bidirectional_controls_that_reorder_it() -> None:
     stream, log = handler_and_logger()
-    log.info("connect", extra={"fields": {"user": "user\u202egnp.exe", "x": "\u2066a\u2069"}})
+    fields = {"user": "user\u202egnp.exe", "x": "\u2066a\u2069\u061c"}
+    log.info("connect", extra={"fields": fields})
     (line,) = stream.getvalue().splitlines()
-    assert line.endswith("connect user=user\\u202egnp.exe x=\\u2066a\\u2069")
+    assert line.endswith("connect user=user\\u202egnp.exe x=\\u2066a\\u2069\\u061c")
 
 
 def test_a_json_line_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
