@@ -196,7 +196,7 @@ async def notify(request: web.Request) -> web.Response:
 
 async def connections(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    unknown = sorted(set(request.query) - {"user"})
+    unknown = sorted(set(request.query) - {"user", "token"})  # token: a carrier (admission)
     try:
         if unknown:
             raise refuse("unknown_fields", "unknown query parameter(s); allowed: ['user']")

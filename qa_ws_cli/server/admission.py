@@ -16,6 +16,7 @@ Each refusal happens before the upgrade, as an HTTP answer with the protocol's J
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -32,10 +33,9 @@ from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import Gateway
 from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler, in_networks
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, REQUEST_ID_HEADER
 from qa_ws_cli.server.logs import log_event, loggable_path
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (secrets.token_hex(16))
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ANONYMOUS_SCOPES = frozenset({"chat"})
@@ -307,12 +307,21 @@ async def request_id_header(request: web.Request, response: web.StreamResponse) 
     response.headers[REQUEST_ID_HEADER] = request_id
 
 
+EXPECTATION_FAILED = json.dumps(
+    {"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"}
+)
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every response the app prepares (``on_response_prepare``): no version in ``Server``,
     no MIME sniffing, no referrer. (Requests aiohttp cannot parse get the same from the guard.)"""
     response.headers[hdrs.SERVER] = SERVER_HEADER
     response.headers.setdefault(hdrs.X_CONTENT_TYPE_OPTIONS, "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.status == 417 and isinstance(response, web.Response):
+        # aiohttp's answer to an Expect other than 100-continue echoes the header's value
+        response.content_type = "application/json"
+        response.text = EXPECTATION_FAILED
 
 
 async def take_slots(

@@ -25,6 +25,7 @@ import asyncio
 import errno
 import logging
 import resource
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -35,6 +36,7 @@ from aiohttp.http import WebSocketReader
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qa_ws_cli.config import ServerSettings
+from qa_ws_cli.server.keys import REQUEST_ID_HEADER, UNPARSED
 from qa_ws_cli.server.logs import RateLimitedLog, log_event
 from qa_ws_cli.server.masking import UNMASKED_CLOSE, MaskedFramesOnly
 
@@ -196,13 +198,17 @@ class GuardedHandler(web.RequestHandler):
             body = '{"error": "internal_error", "detail": "internal error"}'
         else:
             body = '{"error": "bad_request", "detail": "the request could not be parsed"}'
+        headers = {
+            hdrs.SERVER: SERVER_HEADER,
+            hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
+            REQUEST_ID_HEADER: secrets.token_hex(8),
+        }
         response = web.Response(
-            status=status,
-            text=body,
-            content_type="application/json",
-            headers={hdrs.SERVER: SERVER_HEADER, hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff"},
+            status=status, text=body, content_type="application/json", headers=headers
         )
         response.force_close()
+        if status < 500:
+            request[UNPARSED] = True  # no access line: the bad_request line counts it
         return response
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

@@ -18,7 +18,6 @@ from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
 from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server.admission import (
     ADMISSION,
-    REQUEST_ID_HEADER,
     WEBSOCKET,
     give_back_slots,
     refusal,
@@ -27,6 +26,7 @@ from qa_ws_cli.server.admission import (
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.gateway import GATEWAY, Gateway
 from qa_ws_cli.server.guard import GuardedHandler
+from qa_ws_cli.server.keys import REQUEST_ID_HEADER
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.session_store import ResumeRecord
 from qa_ws_cli.server.web import ASSETS, PAGE_CSP, respond

@@ -8,3 +8,6 @@ from qa_ws_cli.auth.tokens import Claims
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLAIMS = web.RequestKey("claims", Claims)
+# set on a request aiohttp could not parse: its rate-limited ``bad_request`` line stands for it
+UNPARSED = web.RequestKey("unparsed", bool)
+REQUEST_ID_HEADER = "X-Request-ID"

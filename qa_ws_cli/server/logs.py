@@ -27,7 +27,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from qa_ws_cli.config import LoggingSettings
 from qa_ws_cli.protocol.events import utc_timestamp
-from qa_ws_cli.server.keys import REQUEST_ID
+from qa_ws_cli.server.keys import REQUEST_ID, UNPARSED
 
 # the value ends at the next parameter, or at the end of the path inside a log line
 _TOKEN_RE = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
@@ -324,6 +324,8 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if response.status == 101 or not self.logger.isEnabledFor(logging.INFO):
+            return
+        if request.get(UNPARSED):
             return
         log_event(
             self.logger,

@@ -152,6 +152,9 @@ async def test_connections_lists_each_live_connection_and_disconnect_closes_with
     assert row["connected_since"].endswith("Z")
     async with http.get(url, params={"sub": "erin"}, headers=admin(gateway)) as resp:
         assert resp.status == 400 and (await resp.json())["error"] == "unknown_fields"
+    token = admin(gateway)["Authorization"].removeprefix("Bearer ")  # the last-resort carrier
+    async with http.get(url, params={"user": "erin", "token": token}) as resp:
+        assert resp.status == 200 and len((await resp.json())["connections"]) == 1
 
     status, answer = await post(
         http, gateway, "/admin/disconnect", {"connection_id": hello["connection_id"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import aiohttp
@@ -40,17 +41,33 @@ async def test_malformed_requests_get_a_generic_400_and_short_log_lines(
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
         b"GET /\x00 HTTP/1.1\r\n\r\n",
         b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n",  # not a method token
     ] * 10
     for request in garbage:
         head, body = split(await exchange(port, request))
         assert head.split(" ")[1] == "400", head
         assert json.loads(body) == GENERIC_400
         assert "\r\nServer: qa-ws\r\n" in head
+        assert re.search(r"\r\nX-Request-ID: [0-9a-f]{16}\r\n", head), head
     output = server.output()
     assert "Traceback" not in output
+    assert not log_lines(server, "http ")  # no access line each: the bad_request lines count
     lines = log_lines(server, "bad_request")
     assert lines and len(lines) < 10  # rate-limited: about one a second, with a count
     assert sum(int(line.split("count=")[1].split()[0]) for line in lines) <= len(garbage)
+
+
+async def test_an_unknown_expect_is_417_without_echoing_it(server: ServerProcess) -> None:
+    for path in ("/healthz", "/nowhere"):
+        expect = "Expect: <script>x</script>\r\nConnection: close"
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{expect}\r\n\r\n"
+        head, body = split(await exchange(port_of(server), request.encode()))
+        assert head.split(" ")[1] == "417", head
+        assert json.loads(body) == {
+            "error": "expectation_failed",
+            "detail": "only Expect: 100-continue is supported",
+        }
+        assert "X-Request-ID: " in head
 
 
 async def test_a_100_kb_token_is_not_echoed(server: ServerProcess) -> None:
