@@ -11,7 +11,7 @@ import time
 from ipaddress import ip_address
 from typing import NamedTuple
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WebSocketError, WSMsgType, hdrs, web
 
 from qa_ws_cli.protocol.codec import encode_fields
 from qa_ws_cli.protocol.codes import SUBPROTOCOL, CloseCode, HandshakeError
@@ -100,6 +100,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 if not frames.over_budget(conn):
                     await ws.pong(msg.data)
             elif msg.type in _ENDED:
+                break
+            elif msg.type is WSMsgType.ERROR:  # aiohttp closed with the frame error's code
+                if isinstance(msg.data, WebSocketError):
+                    conn.closed_with = msg.data.code  # its close code, not 1006, in logs
                 break
         if conn.closer is not None:  # ours: read and discard until the peer's close frame
             await asyncio.wait({conn.closer}, timeout=CLOSE_READ_S + 1.0)

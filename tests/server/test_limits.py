@@ -15,7 +15,18 @@ import pytest
 
 from qa_ws_cli.agents.base import Agent, ChatContext
 from tests.conftest import Running, make_settings, run_gateway
-from tests.server.wire import chat, close_code, connect, eventually, metric, next_event, ping, until
+from tests.server.wire import (
+    WS_CLOSE,
+    RawPeer,
+    chat,
+    close_code,
+    connect,
+    eventually,
+    metric,
+    next_event,
+    ping,
+    until,
+)
 
 
 class CountingEcho(Agent):
@@ -221,6 +232,24 @@ async def test_a_frame_above_max_message_bytes_closes_with_1009(
         await ping(bystander, "fine")
         again, _ = await connect(http, gw)  # the server keeps accepting
         await ping(again, "fine")
+        # counted (and logged) as the code it sent, not as 1006
+        assert await metric(http, gw, 'qa_ws_closes_total{code="1009"}') == 1
+
+
+async def test_a_frame_that_is_not_utf8_closes_with_1007_counted_as_1007(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with run_gateway(make_settings(tmp_path), CountingEcho()) as gw:
+        peer = await RawPeer.open(gw, gw.token())
+        peer.send_text(b'{"type":"ping","id":"\xff"}')
+        frames = await peer.frames_until_eof()
+        assert [f.close_code for f in frames if f.opcode == WS_CLOSE] == [1007]
+        peer.close()
+
+        async def counted() -> bool:
+            return await metric(http, gw, 'qa_ws_closes_total{code="1007"}') == 1
+
+        await eventually(counted)
 
 
 async def test_content_over_max_chars_is_refused_and_the_connection_stays(
