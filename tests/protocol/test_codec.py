@@ -138,7 +138,8 @@ def test_a_key_twice_in_any_object_is_invalid_json(frame: str) -> None:
     "frame",
     [
         '{"type": "chat_message", "id": "a", "content": "half \\ud800 a pair"}',  # no character
-        '{"type": "ping", "id": "a", "x": ' + "[" * 201 + "]" * 201 + "}",  # past 200 levels
+        '{"type": "ping", "id": "a", "x": ' + "[" * 201 + "]" * 201 + "}",  # 202 levels
+        '{"type": "ping", "id": "a", "x": ' + "9" * 4301 + "}",  # past Python's int digits
         '{"type": "ping", "id": "a"} trailing',
         '\ufeff{"type": "ping", "id": "a"}',  # a byte-order mark is not JSON's
     ],
@@ -148,6 +149,12 @@ def test_what_is_not_json_text_is_invalid_json(frame: str) -> None:
         decode_client(frame)
     assert (caught.value.code, caught.value.reply_to) == ("invalid_json", None)
     assert caught.value.message == "the frame is not valid JSON"
+
+
+def test_json_text_at_the_documented_limits_is_read() -> None:
+    deep = '{"type": "ping", "id": "a", "x": ' + "[" * 200 + "]" * 200 + "}"  # 201 levels
+    long = '{"type": "ping", "id": "b", "x": ' + "9" * 4300 + "}"
+    assert decode_client(deep) == Ping(id="a") and decode_client(long) == Ping(id="b")
 
 
 def test_frames_are_read_the_same_as_text_or_as_utf8_bytes() -> None:
