@@ -54,8 +54,9 @@ class Policy:
 OPEN = Policy()
 CHAT = Policy("chat")
 ADMIN = Policy("admin")
-SIGNED_FILE = Policy("chat", signed_urls=True)
+SIGNED_FILE = Policy("chat", signed_urls=True, resumes=True)
 WEBSOCKET = Policy("chat", resumes=True)
+UPLOAD = Policy("chat", resumes=True)  # without authentication: ?session_id= names the owner
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qa_ws_cli.config import Settings
 from qa_ws_cli.protocol.codes import FileError
-from qa_ws_cli.server.admission import CHAT, SIGNED_FILE, admitted, refusal
+from qa_ws_cli.server.admission import SIGNED_FILE, UPLOAD, admitted, refusal
 from qa_ws_cli.server.files import (
     FileSigner,
     FileStore,
@@ -71,7 +71,7 @@ def setup(app: web.Application, store: FileStore, signer: FileSigner) -> None:
     """Register the routes, the store and the URL signer on ``app``."""
     app[FILE_STORE] = store
     app[FILE_SIGNER] = signer
-    app.router.add_post("/files", admitted(upload, CHAT))
+    app.router.add_post("/files", admitted(upload, UPLOAD))
     app.router.add_get("/files/{file_id}", admitted(download, SIGNED_FILE))
     app.cleanup_ctx.append(_lifetime)
 

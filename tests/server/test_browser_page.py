@@ -664,23 +664,24 @@ def test_tool_progress_is_listed_under_the_answer(
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tool_server(spawn_server: Spawn, tmp_path: Path) -> ServerProcess:
+def tool_server(spawn_server: Spawn, tmp_path: Path, *args: str) -> ServerProcess:
     """A real server whose agent calls a tool and reports its files (tests/tool_agent.py)."""
     env = server_env(tmp_path, PYTHONPATH=str(REPO))
     server: ServerProcess = spawn_server(
-        "--port", str(free_port()), "--agent", "python:tests.tool_agent:agent", env=env
+        "--port", str(free_port()), "--agent", "python:tests.tool_agent:agent", *args, env=env
     )
     return server
 
 
+@pytest.mark.parametrize("auth", [True, False], ids=["token", "no-auth"])
 def test_a_png_attached_with_the_button_reaches_the_agent_and_tools_show_live(
-    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path
+    browser: Browser, spawn_server: Spawn, settings: Settings, tmp_path: Path, auth: bool
 ) -> None:
     from playwright.sync_api import expect
 
     from tests.server.test_files import PNG
 
-    server = tool_server(spawn_server, tmp_path)
+    server = tool_server(spawn_server, tmp_path, *([] if auth else ["--no-auth"]))
     png = tmp_path / "screen.png"
     png.write_bytes(PNG)
     page = open_page(browser, 900)
@@ -694,7 +695,12 @@ def test_a_png_attached_with_the_button_reaches_the_agent_and_tools_show_live(
         }).observe(document, {subtree: true, childList: true, characterData: true});
         """
     )
-    connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    if auth:
+        connected(page, server.url, issue_token(settings, "alice", ttl_s=600)[0])
+    else:  # Connect with no token; the upload names its session instead
+        page.goto(http_base(server.url) + "/")
+        page.get_by_role("button", name="Connect").click()
+        expect(page.locator("#status")).to_have_text(re.compile(r"^connected as anon-\w{16} · "))
     with page.expect_file_chooser() as chooser:
         page.get_by_role("button", name="Attach files").click()
     chooser.value.set_files(str(png))

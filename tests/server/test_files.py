@@ -268,6 +268,34 @@ async def test_a_filename_that_is_not_utf8_gets_replacement_characters(
     assert "Traceback" not in files.server.output()
 
 
+async def test_without_authentication_the_session_id_owns_an_upload(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``--no-auth``: each upload was a new anonymous user, so no chat could attach it."""
+    server = spawn_server("--agent", "echo", "--no-auth", env=server_env(tmp_path))
+    files = Files(server, tmp_path)
+    async with http.ws_connect(server.url) as ws:
+        hello = await ws.receive_json(timeout=10)
+        form = aiohttp.FormData()
+        form.add_field("file", b"hello", filename="a.txt", content_type="text/plain")
+        url = f"{files.base}/files?session_id={hello['session_id']}"
+        async with http.post(url, data=form) as response:
+            assert response.status == 201
+            file_id = (await response.json())["file_id"]
+        chat = {"type": "chat_message", "id": "q1", "content": "read it", "attachments": [file_id]}
+        await ws.send_json(chat)
+        answer = await ws.receive_json(timeout=10)
+        assert (answer["type"], answer["reply_to"]) == ("agent_response", "q1"), answer
+        form = aiohttp.FormData()
+        form.add_field("file", b"hello", filename="a.txt", content_type="text/plain")
+        async with http.post(f"{files.base}/files", data=form) as response:
+            assert response.status == 201  # another anonymous user's: not attachable here
+            other = (await response.json())["file_id"]
+        await ws.send_json({**chat, "id": "q2", "attachments": [other]})
+        refused = await ws.receive_json(timeout=10)
+        assert (refused["code"], refused["reply_to"]) == ("file_not_found", "q2")
+
+
 async def test_a_body_that_ends_inside_the_file_part_stores_nothing(files: Files) -> None:
     """Its Content-Length honest, the body stops before the boundary after the file: what
     came is not the whole file, so nothing is kept (it was stored cut off)."""

@@ -30,7 +30,7 @@ let session = tab.session();  // {id, user, lastSeq}
 const pending = tab.pending();  // id -> {text, attachments, sentAt, firstAt}
 const answers = new Map();  // id -> view.Answer still streaming
 const finished = new Set();  // ids already answered here (a resend's second answer is dropped)
-const uploads = new Uploads(() => tokenBox.value.trim(), updateControls);
+const uploads = new Uploads(() => tokenBox.value.trim(), () => session.id || "", updateControls);
 
 function claims(jwt) {  // unverified: only to name the user and to see an expiry
   try { return JSON.parse(atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))); }

@@ -1,5 +1,6 @@
 // Attachments for the next message: the attach button, drag and drop and paste upload each file
-// with `POST /files` (multipart field `file`, the token as a bearer header) and keep its
+// with `POST /files` (multipart field `file`, the token as a bearer header; without one, the
+// session's id as `?session_id=`) and keep its
 // `file_id`. Switched on only when the server's `connected` event announces uploads
 // (`limits.max_upload_bytes`); until then nothing here is visible.
 const tray = document.getElementById("tray");
@@ -16,8 +17,9 @@ function size(bytes) {
 }
 
 export class Uploads {
-  constructor(currentToken, onChange) {
+  constructor(currentToken, currentSession, onChange) {
     this.currentToken = currentToken;
+    this.currentSession = currentSession;
     this.onChange = onChange;
     this.items = [];
     this.maxBytes = 0;
@@ -70,9 +72,11 @@ export class Uploads {
     const body = new FormData();
     body.append("file", item.file, item.name);
     try {
-      const resp = await fetch("/files", {
-        method: "POST", body, headers: { Authorization: "Bearer " + this.currentToken() },
-      });
+      // without a token (a server started with --no-auth) the session's id names the owner
+      const token = this.currentToken();
+      const url = token ? "/files" : "/files?session_id=" + encodeURIComponent(this.currentSession());
+      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const resp = await fetch(url, { method: "POST", body, headers });
       const answer = await resp.json().catch(() => ({}));
       if (resp.status !== 201 || typeof answer.file_id !== "string") {
         return this.fail(item, answer.detail || `upload refused (${resp.status})`);
