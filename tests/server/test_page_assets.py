@@ -64,6 +64,8 @@ async def test_static_files_have_their_type_and_revalidate(
         assert again.headers["ETag"] == etag
     async with http.get(url, headers={"If-None-Match": '"stale"'}) as changed:
         assert changed.status == 200 and await changed.read() == body
+    async with http.get(url, headers={"If-None-Match": "*"}) as any_version:
+        assert any_version.status == 304
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,10 @@ ASSETS = web.AppKey("assets", Assets)
 def respond(request: web.Request, asset: Asset, headers: dict[str, str]) -> web.Response:
     """The asset, or ``304 Not Modified`` when the browser already holds this version."""
     headers = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL, **headers}
-    offered = request.headers.get("If-None-Match", "")
-    if asset.etag in (tag.strip().removeprefix("W/") for tag in offered.split(",")):
+    offered = [
+        tag.strip().removeprefix("W/")
+        for tag in request.headers.get("If-None-Match", "").split(",")
+    ]
+    if asset.etag in offered or "*" in offered:  # RFC 9110 13.1.2: "*" matches any version
         return web.Response(status=304, headers=headers)
     return web.Response(body=asset.body, headers={"Content-Type": asset.content_type, **headers})
