@@ -194,6 +194,10 @@ def parse_turns(raw: list[bytes]) -> tuple[tuple[str, str], ...]:
     return tuple(history)
 
 
+def _by_seq(event: Event) -> int:
+    return event[0]
+
+
 class RedisSessionStore(SessionStore):
     """The session half of ``RedisStore``; every call may raise redis-py's errors."""
 
@@ -255,6 +259,7 @@ class RedisSessionStore(SessionStore):
             at = int(as_text(entry_id).split("-", 1)[0]) / 1000
             seq, frame = int(fields[b"s"]), as_text(fields[b"f"])
             events.append((seq, at, frame))
+        events.sort(key=_by_seq)  # what an outage kept was written back after later events
         return events
 
     async def claim(

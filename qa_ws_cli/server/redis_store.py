@@ -46,6 +46,7 @@ from qa_ws_cli.server.redis_sessions import (
     claim_result,
 )
 from qa_ws_cli.server.redis_slots import RESERVE, RedisConnectionSlots
+from qa_ws_cli.server.redis_writeback import write_back
 from qa_ws_cli.server.session_core import ClaimResult, Publish
 from qa_ws_cli.server.session_store import EndedClaims, ResumeRecord
 from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
@@ -110,6 +111,7 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         self.local = MemoryStore()  # what serves while Redis is away
         self._down_until = 0.0
         self._down = False
+        self._writing_back: asyncio.Task[None] | None = None
 
     def configure(self, settings: SessionSettings) -> None:
         super().configure(settings)
@@ -170,6 +172,12 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         self._down = False
         self._down_until = 0.0
         log.info("Redis available again: writing through to it")
+        if self.local.records and (self._writing_back is None or self._writing_back.done()):
+            self._writing_back = asyncio.get_running_loop().create_task(self._write_back())
+
+    async def _write_back(self) -> None:
+        written = await write_back(self, self.local)
+        log.info("wrote back %d session(s) kept in memory during the outage", written)
 
     async def create(self, session_id: str, user: str) -> None:
         await self._guarded(
@@ -359,6 +367,8 @@ class RedisStore(RedisOperatorOps, RedisConnectionSlots, RedisSessionStore, Stor
         return ok
 
     async def aclose(self) -> None:
+        if self._writing_back is not None:
+            self._writing_back.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

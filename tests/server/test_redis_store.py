@@ -25,7 +25,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import load_settings
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.redis_store import CHANNEL, RETRY_S, RedisStore, check_store_url
-from qa_ws_cli.server.session_core import Answered, Claimed, Publish
+from qa_ws_cli.server.session_core import Answered, Claimed, Publish, RunningElsewhere
 from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
 from tests.redis_server import RedisServer
 from tests.server.wire import chat, close_code, connect, eventually, next_event, ping, until
@@ -216,6 +216,59 @@ async def test_a_chat_whose_redis_goes_away_after_its_claim_is_kept_here_then_re
         assert (await store.append("s1", "alice", second, 2) or (0,))[0] >= 1
     finally:
         await store.aclose()
+
+
+async def test_what_an_outage_kept_in_memory_is_written_back_once_redis_answers(
+    redis_server: RedisServer,
+) -> None:
+    """Left in memory, the answer of c1 would be asked of the agent again, the session could
+    not be resumed past seq 0, and c1's claim would lapse into agent_interrupted."""
+    store = RedisStore(redis_server.url, timeout_s=0.3)
+    other = RedisStore(redis_server.url)  # another instance
+    answer = Publish('{"type":"agent_response","reply_to":"c1"}', "c1", answer=True, release=True)
+    try:
+        await store.create("s1", "alice")
+        assert isinstance(await store.claim("s1", "c1", "here"), Claimed)
+        redis_server.pause()  # a blackhole: Redis keeps its data
+        kept = await store.append("s1", "alice", answer, 1)
+        assert kept is not None and not store.available
+        assert isinstance(await store.claim("s1", "c2", "here"), Claimed)  # runs on, here
+        redis_server.resume()
+        await asyncio.sleep(RETRY_S + 0.1)
+        assert await store.ping()  # Redis answers: the outage is over
+        await eventually(lambda: not store.local.records, what="written back")
+        assert await other.claim("s1", "c1", "there") == Answered(kept[1])
+        assert await other.claim("s1", "c2", "there") == RunningElsewhere("here")
+        record = await other.resume("s1", 0)
+        assert record is not None and (record.seq, record.frames) == (1, [kept[1]])
+        assert (record.running, record.interrupted) == (["c2"], [])
+        after = Publish('{"type":"agent_response","reply_to":"c2"}', "c2", answer=True)
+        assert (await store.append("s1", "alice", after, 2) or (0,))[0] == 2
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
+async def test_an_id_answered_during_an_outage_is_not_asked_again_after_it(
+    tmp_path: Path, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    agent = EchoAgent()
+    store = RedisStore(redis_server.url, timeout_s=0.3)
+    async with run_gateway(cluster_settings(tmp_path), agent, store) as gw:
+        ws, hello = await connect(http, gw)
+        redis_server.pause()
+        first = await chat(ws, "w1", "during")
+        assert first["seq"] == 1 and not store.available
+        redis_server.resume()
+        await asyncio.sleep(RETRY_S + 0.1)
+        assert (await readyz(http, gw))[0] == 200  # asks Redis: the outage is over
+        await eventually(lambda: not store.local.records, what="written back")
+        assert await chat(ws, "w1", "during") == first  # the very frame, not a second answer
+        await ws.close()
+        params = {"session_id": hello["session_id"], "last_seq": "1"}
+        again, resumed = await connect(http, gw, params=params)
+        assert (resumed["resumed"], resumed["replayed"]) == (True, 0)
+        assert (await chat(again, "w2", "after"))["seq"] == 2  # seq goes on past the outage
 
 
 async def test_a_gateway_starts_while_redis_is_down_and_recovers_when_it_comes(
