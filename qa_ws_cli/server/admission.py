@@ -255,8 +255,10 @@ def _peer_host(protocol: web.RequestHandler) -> str | None:
 
 
 def _self_signed(request: web.Request) -> bool:
-    """A ``GET /files/{id}`` that carries its own signature (checked by the handler)."""
-    return request.method == hdrs.METH_GET and ("sig" in request.query or "exp" in request.query)
+    """A ``GET`` (or ``HEAD``) ``/files/{id}`` that carries its own signature (checked by the
+    handler)."""
+    signed = "sig" in request.query or "exp" in request.query
+    return signed and request.method in (hdrs.METH_GET, hdrs.METH_HEAD)
 
 
 def bearer_token(request: web.Request) -> str | None:

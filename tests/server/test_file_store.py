@@ -103,6 +103,8 @@ async def test_produced_files_are_fetched_with_their_signed_url_only(tmp_path: P
             assert response.status == 200
             assert response.headers["Content-Disposition"].startswith("inline")
             assert await response.read() == PNG
+        async with http.head(gw.http + image.url) as response:  # the signature suffices too
+            assert response.status == 200 and response.content_length == len(PNG)
         blob = await store_produced(store, signer, "alice", Attachment("x", "image/png", b"\x00"))
         assert blob.mime == "application/octet-stream"  # the backend's type is not trusted
         async with http.get(gw.http + blob.url) as response:
