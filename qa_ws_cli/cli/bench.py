@@ -36,7 +36,14 @@ from qa_ws_cli.bench.spec import (
     parse_stages,
 )
 from qa_ws_cli.bench.tokens import TokenSource
-from qa_ws_cli.cli.common import SIGNING_HINT, ConfigOption, default_url, err_console, fail
+from qa_ws_cli.cli.common import (
+    SIGNING_HINT,
+    ConfigOption,
+    checked_token,
+    default_url,
+    err_console,
+    fail,
+)
 from qa_ws_cli.client.plain import SHELL_KEY_MISMATCH
 from qa_ws_cli.config import Settings, load_settings, parse_duration
 from qa_ws_cli.errors import QaWsError
@@ -91,7 +98,12 @@ def command(
     ] = False,
     token: Annotated[
         str | None,
-        _opt("--token", envvar=TOKEN_ENV, help="One JWT for every user (default: one per user)."),
+        _opt(
+            "--token",
+            envvar=TOKEN_ENV,
+            help="One JWT for every user (default: one per user).",
+            callback=checked_token,
+        ),
     ] = None,
     think_time: Annotated[
         float | None, _opt("--think-time", help="Mean seconds between a user's actions.")

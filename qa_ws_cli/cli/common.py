@@ -16,6 +16,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.handshake import ClientOptions, check_url
 from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
 from qa_ws_cli.client.plain import explain
+from qa_ws_cli.client.text import token_problem
 from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
 from qa_ws_cli.errors import (
     ClientTimeout,
@@ -44,9 +45,29 @@ UrlOption = Annotated[
         "--url", "-u", envvar="QA_WS_URL", help="Server URL (env QA_WS_URL; default: the config)."
     ),
 ]
+
+
+def checked_token(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Every --token (and QA_WS_TOKEN): printable ASCII, or a usage error that names the bad
+    character and where it is, never the token (a trailing CR from a paste, say)."""
+    problem = token_problem(value) if value else None
+    if problem is not None:
+        source = ctx.get_parameter_source(param.name or "")
+        from_env = source is not None and source.name == "ENVIRONMENT"
+        given = param.envvar if from_env and isinstance(param.envvar, str) else param.opts[0]
+        fail(f"{given}: the token {problem}", EXIT_USAGE)
+    return value
+
+
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."),
+    typer.Option(
+        "--token",
+        "-t",
+        envvar="QA_WS_TOKEN",
+        help="JWT to present (env QA_WS_TOKEN).",
+        callback=checked_token,
+    ),
 ]
 
 CarrierOption = Annotated[

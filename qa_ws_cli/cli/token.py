@@ -25,6 +25,7 @@ from qa_ws_cli.cli.common import (
     settings_from,
 )
 from qa_ws_cli.cli.help import Command, Group
+from qa_ws_cli.client.text import token_problem
 from qa_ws_cli.config import (
     MAX_TOKEN_TTL_S,
     Settings,
@@ -58,6 +59,9 @@ def _given_token(value: str) -> str:
     if not token:
         why = "stdin was empty" if value == "-" else "pass the token, or - to read it from stdin"
         fail(f"no token was given: {why}", EXIT_USAGE)
+    problem = token_problem(token)
+    if problem is not None:  # the reason it is not valid (exit 1), never the token itself
+        fail(f"the token is malformed: it {problem}")
     return token
 
 

@@ -17,10 +17,17 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.typing import Origin, Subprotocol
 
 from qa_ws_cli import __version__
+from qa_ws_cli.client.text import bearer
 from qa_ws_cli.errors import ClientError, ClientTimeout, ConnectionLost, HandshakeRefused
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL, CloseCode
 
@@ -94,8 +101,9 @@ def request_for(
     query: dict[str, str] = {}
     token = options.token
     if token:
+        authorization = bearer(token)  # checks the token's characters, whatever the carrier
         if options.carrier == "header":
-            headers["Authorization"] = f"Bearer {token}"
+            headers.update(authorization)
         elif options.carrier == "subprotocol":
             protocols.append(Subprotocol(BEARER_PREFIX + token))
         else:
@@ -198,6 +206,10 @@ def describe_failure(exc: Exception, url: str, timeout: float) -> ClientError:
     if isinstance(exc, InvalidMessage):
         hint = "" if url.startswith("wss:") else f"; if it uses TLS, try {_ws_url(url, 'wss')}"
         return ConnectionLost(f"{where} did not answer the WebSocket upgrade with HTTP{hint}")
+    if isinstance(exc, InvalidHeader):  # its text holds the header's value: a token, maybe
+        return ConnectionLost(
+            f"the WebSocket handshake with {where} failed: a bad {exc.name} header"
+        )
     if isinstance(exc, InvalidHandshake):
         return ConnectionLost(f"the WebSocket handshake with {where} failed: {exc}")
     if isinstance(exc, OSError):
