@@ -16,7 +16,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.handshake import ClientOptions, check_url
 from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
 from qa_ws_cli.client.plain import explain
-from qa_ws_cli.client.text import token_problem
+from qa_ws_cli.client.text import InvalidText, token_problem
 from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
 from qa_ws_cli.errors import (
     ClientTimeout,
@@ -183,6 +183,8 @@ def client_options(
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, OutputClosed):
         return EXIT_PIPE
+    if isinstance(exc, InvalidText):
+        return EXIT_USAGE
     if isinstance(exc, HandshakeRefused):
         return EXIT_REFUSED
     if isinstance(exc, ConnectionLost):

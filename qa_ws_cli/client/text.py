@@ -9,6 +9,9 @@ Python as a lone surrogate, which no JSON frame can carry.
 
 from __future__ import annotations
 
+import io
+from typing import TextIO
+
 from qa_ws_cli.errors import ClientError
 
 _NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)", " ": "a space"}
@@ -82,4 +85,21 @@ def check_text(text: str, what: str = "the message") -> None:
         raise InvalidText(f"{what} is not valid text: {problem}")
 
 
-__all__ = ["InvalidText", "bearer", "check_text", "describe_char", "text_problem", "token_problem"]
+def undecoded(stream: TextIO) -> TextIO:
+    """``stream``'s lines as UTF-8 whatever the locale, a byte that is not UTF-8 kept as a lone
+    surrogate (never an exception halfway through), so each line can be judged on its own."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        return stream
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape")
+
+
+__all__ = [
+    "InvalidText",
+    "bearer",
+    "check_text",
+    "describe_char",
+    "text_problem",
+    "token_problem",
+    "undecoded",
+]
