@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.handshake import ClientOptions, check_url
-from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
+from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, OutputFailed, silence_stdout
 from qa_ws_cli.client.plain import explain
 from qa_ws_cli.client.text import InvalidText, token_problem
 from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
@@ -209,6 +209,9 @@ def failures(options: ClientOptions | None = None) -> Iterator[None]:
     except OutputClosed:
         silence_stdout()
         raise typer.Exit(EXIT_PIPE) from None
+    except OutputFailed as exc:  # `> /dev/full`: one line, not a wait for the timeout
+        silence_stdout()
+        fail(exc.message, EXIT_FAILED)
     except QaWsError as exc:
         fail(explain(exc, minted=minted), exit_code_for(exc))
     except KeyboardInterrupt:
