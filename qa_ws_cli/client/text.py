@@ -9,7 +9,7 @@ Python as a lone surrogate, which no JSON frame can carry.
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterator
 from typing import TextIO
 
 from qa_ws_cli.errors import ClientError
@@ -85,13 +85,19 @@ def check_text(text: str, what: str = "the message") -> None:
         raise InvalidText(f"{what} is not valid text: {problem}")
 
 
-def undecoded(stream: TextIO) -> TextIO:
+def undecoded(stream: TextIO) -> Iterator[str]:
     """``stream``'s lines as UTF-8 whatever the locale, a byte that is not UTF-8 kept as a lone
-    surrogate (never an exception halfway through), so each line can be judged on its own."""
+    surrogate (never an exception halfway through), so each line can be judged on its own.
+
+    It reads the stream's own binary buffer: a second buffered reader (or a text wrapper that
+    closes it) would be finalized under a daemon thread still reading it (the repl's pump).
+    """
     buffer = getattr(stream, "buffer", None)
     if buffer is None:
-        return stream
-    return io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape")
+        yield from stream
+        return
+    for raw in buffer:
+        yield raw.decode("utf-8", errors="surrogateescape")
 
 
 __all__ = [
