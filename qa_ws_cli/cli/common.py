@@ -17,7 +17,13 @@ from qa_ws_cli.client.handshake import ClientOptions, check_url
 from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, OutputFailed, silence_stdout
 from qa_ws_cli.client.plain import explain
 from qa_ws_cli.client.text import InvalidText, token_problem
-from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
+from qa_ws_cli.config import (
+    DEFAULT_CONFIG,
+    LoadedSettings,
+    Settings,
+    load_settings,
+    with_dev_secret,
+)
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConfigError,
@@ -101,6 +107,17 @@ def settings_from(
         return load_settings(config, _prune(overrides or {}), dev_secret=dev_secret)
     except ConfigError as exc:
         fail(exc.message)
+    except UnicodeDecodeError as exc:
+        fail(not_utf8(config or DEFAULT_CONFIG, exc))
+
+
+def not_utf8(path: Path | str, exc: UnicodeDecodeError) -> str:
+    """A config file that is not UTF-8 text, as one line (yaml cannot read it)."""
+    byte = exc.object[exc.start] if exc.start < len(exc.object) else 0
+    return (
+        f"cannot read config file {path}: it is not UTF-8 text (the byte 0x{byte:02x} "
+        f"at offset {exc.start}); save it as UTF-8"
+    )
 
 
 SIGNING_HINT = ", or run `qa-ws serve --dev` (it keeps a development secret for these commands)"

@@ -89,6 +89,8 @@ def issue(
 
     Example: qa-ws token issue --sub alice --ttl 1h --scope chat
     """
+    if not sub:
+        fail("--sub must name a user: it is empty", EXIT_USAGE)
     try:  # a bad --ttl is a usage error (exit 2), as a bad value of any option is
         ttl_s = parse_duration(ttl)
     except ValueError as exc:
@@ -172,6 +174,9 @@ def revoke(
     settings = settings_from(config).settings
     if sum(x is not None for x in (token, jti, sub)) != 1:
         fail("give exactly one of TOKEN, --jti or --sub", EXIT_USAGE)
+    for flag, value in (("--jti", jti), ("--sub", sub)):
+        if value is not None and not value.strip():
+            fail(f"{flag} must not be empty: it would revoke nothing", EXIT_USAGE)
     if token is not None and ttl:
         fail(
             "--keep goes with --jti or --sub: a revoked TOKEN is kept until it expires",

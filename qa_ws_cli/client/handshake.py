@@ -81,14 +81,22 @@ class AbortableConnection(ClientConnection):
         )
 
 
+_EXAMPLE = "(for example ws://127.0.0.1:8765/ws)"
+
+
 def check_url(url: str) -> str | None:
     """None when ``url`` is a WebSocket URL, else what is wrong with it."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or not parts.hostname:
-        return (
-            f"{url!r} is not a WebSocket URL: it starts with ws:// or wss:// "
-            "(for example ws://127.0.0.1:8765/ws)"
-        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        return f"{url!r} is not a valid URL ({exc}) {_EXAMPLE}"
+    if parts.scheme not in SCHEMES:
+        return f"{url!r} is not a WebSocket URL: it starts with ws:// or wss:// {_EXAMPLE}"
+    if not parts.hostname:
+        return f"{url!r} names no host: give it after {parts.scheme}:// {_EXAMPLE}"
+    if parts.fragment or url.endswith("#"):
+        return f"{url!r}: a WebSocket URL has no #fragment {_EXAMPLE}"
     return None
 
 
