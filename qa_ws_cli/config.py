@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -202,14 +202,14 @@ class ShutdownSettings(_Section):
 STORE_SCHEMES = ("redis", "rediss", "unix")
 
 
+# scheme://user:password@ anywhere in a value (a store URL, an agent spec's agno+http://…)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^/@\s]*@")
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password (Redis URLs may carry one: never print it)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` (or any text holding URLs) without their passwords: never print one. Read as
+    text, not parsed: a bad port or an IPv6 host must not let a password through."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", url)
 
 
 def store_scheme_problem(url: str) -> str | None:
@@ -471,6 +471,10 @@ def flatten(settings: Settings) -> dict[str, Any]:
                 out[key] = "**********"
             elif isinstance(obj, Path):
                 out[key] = str(obj)
+            elif isinstance(obj, str):  # a URL's password (store.url, agent.spec, ...)
+                out[key] = redact_url(obj)
+            elif isinstance(obj, list | tuple):
+                out[key] = [redact_url(v) if isinstance(v, str) else v for v in obj]
             else:
                 out[key] = obj
 

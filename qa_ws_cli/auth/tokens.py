@@ -182,6 +182,8 @@ class TokenVerifier:
             raise _reason(exc) from None
         except jwt.PyJWTError as exc:
             raise _reason(exc) from None
+        except UnicodeError:  # a byte that was not UTF-8 (a lone surrogate): not a JWT at all
+            raise AuthError("the token is malformed: it is not ASCII text") from None
         except (OverflowError, ValueError, TypeError):  # e.g. "exp": 1e999 inside pyjwt
             raise AuthError("the token's time claims are not valid times") from None
         return _claims(payload, keep_payload)

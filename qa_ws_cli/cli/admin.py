@@ -77,14 +77,7 @@ def notify(
       qa-ws notify --user alice "your nightly run finished" --data '{"run": 42}'
       qa-ws notify --user alice "deploy done" --url http://127.0.0.1:8765 --token "$ADMIN_TOKEN"
     """
-    payload: dict[str, Any] | None = None
-    if data is not None:
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            fail("--data must be a JSON object, e.g. '{\"run\": 42}'", EXIT_USAGE)
-        if not isinstance(payload, dict):
-            fail("--data must be a JSON object, e.g. '{\"run\": 42}'", EXIT_USAGE)
+    payload = _data(data) if data is not None else None
     client = admin_client(url, token, config)
     answer = call(client, lambda c: c.notify(user, message, payload))
     who = escape(printable(user))
@@ -94,6 +87,22 @@ def notify(
         out_console.print(
             f"delivered to {answer.get('delivered_to', 0)} live connection(s) of {who}"
         )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (the server refuses it)")
+
+
+def _data(text: str) -> dict[str, Any]:
+    """``--data`` as the JSON object the server accepts (no NaN or Infinity), or exit 2."""
+    example = "--data must be a JSON object, e.g. '{\"run\": 42}'"
+    try:
+        payload = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        fail(f"{example}: {exc}" if "not JSON" in str(exc) else example, EXIT_USAGE)
+    if not isinstance(payload, dict):
+        fail(example, EXIT_USAGE)
+    return payload
 
 
 def connections(

@@ -36,7 +36,16 @@ from qa_ws_cli.bench.spec import (
     parse_stages,
 )
 from qa_ws_cli.bench.tokens import TokenSource
-from qa_ws_cli.cli.common import SIGNING_HINT, ConfigOption, default_url, err_console, fail
+from qa_ws_cli.cli.bench_paths import report_problems
+from qa_ws_cli.cli.common import (
+    SIGNING_HINT,
+    ConfigOption,
+    checked_token,
+    default_url,
+    err_console,
+    fail,
+    not_utf8,
+)
 from qa_ws_cli.client.plain import SHELL_KEY_MISMATCH
 from qa_ws_cli.config import Settings, load_settings, parse_duration
 from qa_ws_cli.errors import QaWsError
@@ -91,7 +100,12 @@ def command(
     ] = False,
     token: Annotated[
         str | None,
-        _opt("--token", envvar=TOKEN_ENV, help="One JWT for every user (default: one per user)."),
+        _opt(
+            "--token",
+            envvar=TOKEN_ENV,
+            help="One JWT for every user (default: one per user).",
+            callback=checked_token,
+        ),
     ] = None,
     think_time: Annotated[
         float | None, _opt("--think-time", help="Mean seconds between a user's actions.")
@@ -149,8 +163,8 @@ def command(
         Path | None, _opt("--baseline", help="Gate: compare with an earlier --report-json.")
     ] = None,
     max_regression: Annotated[
-        str, _opt("--max-regression", help="With --baseline: tolerance per figure (10%).")
-    ] = "10%",
+        str | None, _opt("--max-regression", help="With --baseline: tolerance per figure (10%).")
+    ] = None,
     json_out: Annotated[
         bool, _opt("--json", help="Print the JSON report (qa-ws-bench/2) on stdout.")
     ] = False,
@@ -222,6 +236,7 @@ def command(
         (master and serve, "--master needs --url: its workers must reach the server too"),
         (master and processes > 1, "--master and --processes exclude each other"),
         (master and expect_workers < 1, "--expect-workers must be at least 1"),
+        (baseline is None and max_regression is not None, "--max-regression needs --baseline"),
     )
     problems = spec.problems() + [text for bad, text in cli_checks if bad]
     if problems:
@@ -240,6 +255,9 @@ def command(
     )
     base = _baseline(baseline, max_regression, scenario)
     paths = ReportPaths(report_json, spec.csv_prefix, report_html, report_junit)
+    unwritable = report_problems(paths)  # now: after the run it would read as a failed gate
+    if unwritable:
+        fail("; ".join(unwritable), EXIT_NOT_RUN)
     served = _Served(serve, instances, redis_url, agent, demo_latency_ms, config)
     _run(spec, served, token, allow_remote, thresholds, base, paths, json_out)
 
@@ -313,11 +331,11 @@ def _stages(text: str | None) -> list[list[float]] | None:
         fail(f"--stages: {exc}", EXIT_NOT_RUN)
 
 
-def _baseline(path: Path | None, tolerance: str, scenario: str) -> Baseline | None:
+def _baseline(path: Path | None, tolerance: str | None, scenario: str) -> Baseline | None:
     if path is None:
         return None
     try:
-        return Baseline(path, load_baseline(path, scenario), parse_tolerance(tolerance))
+        return Baseline(path, load_baseline(path, scenario), parse_tolerance(tolerance or "10%"))
     except (BaselineError, ValueError) as exc:
         fail(str(exc), EXIT_NOT_RUN)
 
@@ -420,6 +438,8 @@ def _settings(config: str | None, environ: dict[str, str]) -> Settings:
         return loaded.settings
     except QaWsError as exc:
         fail(exc.message, EXIT_NOT_RUN)
+    except UnicodeDecodeError as exc:
+        fail(not_utf8(config or "", exc), EXIT_NOT_RUN)
 
 
 def _mint(settings: Settings, sub: str) -> str:

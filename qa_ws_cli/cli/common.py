@@ -14,9 +14,16 @@ from rich.markup import escape
 
 from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.client.handshake import ClientOptions, check_url
-from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, silence_stdout
+from qa_ws_cli.client.output import EXIT_PIPE, OutputClosed, OutputFailed, silence_stdout
 from qa_ws_cli.client.plain import explain
-from qa_ws_cli.config import LoadedSettings, Settings, load_settings, with_dev_secret
+from qa_ws_cli.client.text import InvalidText, token_problem
+from qa_ws_cli.config import (
+    DEFAULT_CONFIG,
+    LoadedSettings,
+    Settings,
+    load_settings,
+    with_dev_secret,
+)
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConfigError,
@@ -44,9 +51,29 @@ UrlOption = Annotated[
         "--url", "-u", envvar="QA_WS_URL", help="Server URL (env QA_WS_URL; default: the config)."
     ),
 ]
+
+
+def checked_token(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Every --token (and QA_WS_TOKEN): printable ASCII, or a usage error that names the bad
+    character and where it is, never the token (a trailing CR from a paste, say)."""
+    problem = token_problem(value) if value else None
+    if problem is not None:
+        source = ctx.get_parameter_source(param.name or "")
+        from_env = source is not None and source.name == "ENVIRONMENT"
+        given = param.envvar if from_env and isinstance(param.envvar, str) else param.opts[0]
+        fail(f"{given}: the token {problem}", EXIT_USAGE)
+    return value
+
+
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", "-t", envvar="QA_WS_TOKEN", help="JWT to present (env QA_WS_TOKEN)."),
+    typer.Option(
+        "--token",
+        "-t",
+        envvar="QA_WS_TOKEN",
+        help="JWT to present (env QA_WS_TOKEN).",
+        callback=checked_token,
+    ),
 ]
 
 CarrierOption = Annotated[
@@ -80,6 +107,17 @@ def settings_from(
         return load_settings(config, _prune(overrides or {}), dev_secret=dev_secret)
     except ConfigError as exc:
         fail(exc.message)
+    except UnicodeDecodeError as exc:
+        fail(not_utf8(config or DEFAULT_CONFIG, exc))
+
+
+def not_utf8(path: Path | str, exc: UnicodeDecodeError) -> str:
+    """A config file that is not UTF-8 text, as one line (yaml cannot read it)."""
+    byte = exc.object[exc.start] if exc.start < len(exc.object) else 0
+    return (
+        f"cannot read config file {path}: it is not UTF-8 text (the byte 0x{byte:02x} "
+        f"at offset {exc.start}); save it as UTF-8"
+    )
 
 
 SIGNING_HINT = ", or run `qa-ws serve --dev` (it keeps a development secret for these commands)"
@@ -162,6 +200,8 @@ def client_options(
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, OutputClosed):
         return EXIT_PIPE
+    if isinstance(exc, InvalidText):
+        return EXIT_USAGE
     if isinstance(exc, HandshakeRefused):
         return EXIT_REFUSED
     if isinstance(exc, ConnectionLost):
@@ -186,6 +226,9 @@ def failures(options: ClientOptions | None = None) -> Iterator[None]:
     except OutputClosed:
         silence_stdout()
         raise typer.Exit(EXIT_PIPE) from None
+    except OutputFailed as exc:  # `> /dev/full`: one line, not a wait for the timeout
+        silence_stdout()
+        fail(exc.message, EXIT_FAILED)
     except QaWsError as exc:
         fail(explain(exc, minted=minted), exit_code_for(exc))
     except KeyboardInterrupt:

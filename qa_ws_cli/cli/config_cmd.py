@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from qa_ws_cli.cli.common import ConfigOption, fail, out_console, settings_from
+from qa_ws_cli.cli.common import ConfigOption, fail, not_utf8, out_console, settings_from
 from qa_ws_cli.cli.help import Command, Group
 from qa_ws_cli.config import Settings, flatten, validate_file
 from qa_ws_cli.errors import ConfigError
@@ -114,4 +114,6 @@ def validate(
         validate_file(file)
     except ConfigError as exc:
         fail(exc.message)
+    except UnicodeDecodeError as exc:
+        fail(not_utf8(file, exc))
     out_console.print(f"{file}: valid")

@@ -40,6 +40,7 @@ QUESTIONS = (
 )
 MARK = "\u203a"  # a quieter speaker mark than ">"
 console = Console(highlight=False)
+err_console = Console(highlight=False, stderr=True)
 
 
 def demo_settings(secret: str) -> Settings:
@@ -87,16 +88,18 @@ async def basic_chat(url: str, settings: Settings) -> bool:
             console.print(piece, end="", markup=False, soft_wrap=True)
 
         answer = await client.ask(question, timeout=30.0, on_delta=on_delta)
+        if not pieces:  # an agent that answers at once (echo) sends no deltas: show the answer
+            console.print(answer.content, end="", markup=False, soft_wrap=True)
         console.print()
         rtt = await client.ping()
+        streamed = f"{len(pieces)} deltas" if pieces else "answered at once (no deltas)"
         console.print(
             Text(
-                f"{len(pieces)} deltas, agent_response after {answer.latency_ms:.0f} ms;"
-                f" ping {rtt:.2f} ms",
+                f"{streamed}, agent_response after {answer.latency_ms:.0f} ms; ping {rtt:.2f} ms",
                 style="dim",
             )
         )
-        return bool(pieces) and "".join(pieces) == answer.content
+        return bool(answer.content) and (not pieces or "".join(pieces) == answer.content)
 
 
 async def authentication(url: str, settings: Settings) -> bool:
@@ -247,7 +250,7 @@ def command(
         except LaunchError:
             lines = [line for line in server.output().splitlines() if line.strip()]
             last = lines[-1].removeprefix("error: ") if lines else "no output"
-            console.print(
+            err_console.print(
                 Text.assemble(("error: ", "bold red"), f"the demo server did not start: {last}")
             )
             raise typer.Exit(1) from None

@@ -9,6 +9,7 @@ import typer
 from qa_ws_cli import __version__
 from qa_ws_cli.cli import admin, bench, config_cmd, demo, repl, send, serve, status, token
 from qa_ws_cli.cli.help import Command, Group
+from qa_ws_cli.cli.stdout import StdoutUnwritable, flush_stdout, guard_stdout, report_unwritable
 
 HELP = """A real-time WebSocket gateway for a QA agent, and the tools to operate and load-test it.
 
@@ -64,4 +65,14 @@ def root(
 
 
 def main() -> None:
-    app()
+    guard_stdout()
+    try:
+        app()  # standalone: it always ends with SystemExit
+    except SystemExit:
+        try:
+            flush_stdout()
+        except StdoutUnwritable as exc:
+            raise SystemExit(report_unwritable(exc)) from None
+        raise
+    except StdoutUnwritable as exc:  # a print, a table: `qa-ws token issue … > /dev/full`
+        raise SystemExit(report_unwritable(exc)) from None

@@ -23,6 +23,7 @@ from qa_ws_cli.cli.common import (
 )
 from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.client.plain import run_plain, stdin_lines
+from qa_ws_cli.client.text import undecoded
 
 
 def command(
@@ -112,7 +113,7 @@ def command(
 async def _plain(options: ClientOptions, as_json: bool, timeout: float) -> int:
     errors = await run_plain(
         QaWsClient(options),
-        stdin_lines(sys.stdin),
+        stdin_lines(undecoded(sys.stdin)),  # a line that is not UTF-8: an error for that line
         sys.stdout,
         sys.stderr,
         as_json=as_json,

@@ -24,6 +24,7 @@ from qa_ws_cli.client.connection import ClientOptions, QaWsClient
 from qa_ws_cli.client.files import upload_file
 from qa_ws_cli.client.output import Output, unless_closed
 from qa_ws_cli.client.progress import StderrProgress
+from qa_ws_cli.client.text import text_problem, undecoded
 
 
 def command(
@@ -73,12 +74,12 @@ def command(
     if timeout <= 0:
         fail("--timeout must be positive", EXIT_USAGE)
     settings = settings_from(config).settings
-    if message == "-":
-        messages = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    else:
-        messages = [message]
+    messages = _stdin_messages() if message == "-" else [message]
     if not messages or not all(m.strip() for m in messages):
         fail("nothing to send: the message is empty", EXIT_USAGE)
+    problem = text_problem(message)
+    if problem is not None:
+        fail(f"the message is not valid text: {problem}", EXIT_USAGE)
     options = client_options(
         settings,
         url=url,
@@ -91,6 +92,20 @@ def command(
     )
     with failures(options):
         asyncio.run(_send_all(options, messages, as_json, timeout, files or []))
+
+
+def _stdin_messages() -> list[str]:
+    """stdin's non-blank lines; one that is not UTF-8 text stops it all before anything is
+    sent (a usage error naming the line), as a bad argument does."""
+    messages = []
+    for number, line in enumerate(undecoded(sys.stdin), start=1):
+        text = line.rstrip("\r\n")
+        problem = text_problem(text)
+        if problem is not None:
+            fail(f"stdin line {number} is not valid text: {problem}; nothing was sent", EXIT_USAGE)
+        if text.strip():
+            messages.append(text)
+    return messages
 
 
 async def _send_all(

@@ -25,6 +25,7 @@ from qa_ws_cli.cli.common import (
     settings_from,
 )
 from qa_ws_cli.cli.help import Command, Group
+from qa_ws_cli.client.text import token_problem
 from qa_ws_cli.config import (
     MAX_TOKEN_TTL_S,
     Settings,
@@ -58,6 +59,9 @@ def _given_token(value: str) -> str:
     if not token:
         why = "stdin was empty" if value == "-" else "pass the token, or - to read it from stdin"
         fail(f"no token was given: {why}", EXIT_USAGE)
+    problem = token_problem(token)
+    if problem is not None:  # the reason it is not valid (exit 1), never the token itself
+        fail(f"the token is malformed: it {problem}")
     return token
 
 
@@ -85,6 +89,8 @@ def issue(
 
     Example: qa-ws token issue --sub alice --ttl 1h --scope chat
     """
+    if not sub:
+        fail("--sub must name a user: it is empty", EXIT_USAGE)
     try:  # a bad --ttl is a usage error (exit 2), as a bad value of any option is
         ttl_s = parse_duration(ttl)
     except ValueError as exc:
@@ -168,6 +174,9 @@ def revoke(
     settings = settings_from(config).settings
     if sum(x is not None for x in (token, jti, sub)) != 1:
         fail("give exactly one of TOKEN, --jti or --sub", EXIT_USAGE)
+    for flag, value in (("--jti", jti), ("--sub", sub)):
+        if value is not None and not value.strip():
+            fail(f"{flag} must not be empty: it would revoke nothing", EXIT_USAGE)
     if token is not None and ttl:
         fail(
             "--keep goes with --jti or --sub: a revoked TOKEN is kept until it expires",

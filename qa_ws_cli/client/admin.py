@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from qa_ws_cli.client.handshake import trust_hint
+from qa_ws_cli.client.text import bearer
 from qa_ws_cli.errors import HandshakeRefused, RequestRefused, ServerUnreachable
 
 _SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
@@ -76,7 +77,7 @@ class AdminClient:
         """(status, text); a 4xx/5xx not in ``accept`` raises, so does no answer at all."""
         assert self._http is not None, "use: async with AdminClient(...)"
         token = token if token is not None else self.token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = bearer(token)
         try:
             async with self._http.request(
                 method, self.base + path, json=body, params=params, headers=headers

@@ -31,6 +31,7 @@ from qa_ws_cli.client.handshake import (
     open_connection,
     request_for,
 )
+from qa_ws_cli.client.text import check_text
 from qa_ws_cli.errors import (
     ClientTimeout,
     ConnectionLost,
@@ -326,6 +327,7 @@ class QaWsClient:
         ``attachments`` are ``file_id``s from ``upload_file``. Cancelling the future forgets
         the question: it is not resent on a reconnect.
         """
+        check_text(content)  # InvalidText: a lone surrogate would be refused as invalid_json
         msg_id = msg_id or self.new_id()
         future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
         pending = _Pending(content, future, on_delta, on_event, tuple(attachments))

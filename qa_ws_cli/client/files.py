@@ -19,6 +19,7 @@ import aiohttp
 
 from qa_ws_cli.client.admin import http_base, printable, refusal_error, unreachable_reason
 from qa_ws_cli.client.handshake import ClientOptions
+from qa_ws_cli.client.text import bearer
 from qa_ws_cli.errors import ClientError, RequestRefused, ServerUnreachable
 
 UPLOAD_TIMEOUT_S = 120.0
@@ -62,7 +63,7 @@ async def upload_file(
     RequestRefused (413 file_too_large, 415 unsupported_file_type, ...) or ServerUnreachable.
     """
     url = files_url(options.url)
-    headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
+    headers = bearer(options.token)
     if options.origin:
         headers["Origin"] = options.origin
     handle = _open(path)

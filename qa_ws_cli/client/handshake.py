@@ -17,10 +17,17 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.typing import Origin, Subprotocol
 
 from qa_ws_cli import __version__
+from qa_ws_cli.client.text import bearer
 from qa_ws_cli.errors import ClientError, ClientTimeout, ConnectionLost, HandshakeRefused
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, SUBPROTOCOL, CloseCode
 
@@ -74,14 +81,22 @@ class AbortableConnection(ClientConnection):
         )
 
 
+_EXAMPLE = "(for example ws://127.0.0.1:8765/ws)"
+
+
 def check_url(url: str) -> str | None:
     """None when ``url`` is a WebSocket URL, else what is wrong with it."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or not parts.hostname:
-        return (
-            f"{url!r} is not a WebSocket URL: it starts with ws:// or wss:// "
-            "(for example ws://127.0.0.1:8765/ws)"
-        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        return f"{url!r} is not a valid URL ({exc}) {_EXAMPLE}"
+    if parts.scheme not in SCHEMES:
+        return f"{url!r} is not a WebSocket URL: it starts with ws:// or wss:// {_EXAMPLE}"
+    if not parts.hostname:
+        return f"{url!r} names no host: give it after {parts.scheme}:// {_EXAMPLE}"
+    if parts.fragment or url.endswith("#"):
+        return f"{url!r}: a WebSocket URL has no #fragment {_EXAMPLE}"
     return None
 
 
@@ -94,8 +109,9 @@ def request_for(
     query: dict[str, str] = {}
     token = options.token
     if token:
+        authorization = bearer(token)  # checks the token's characters, whatever the carrier
         if options.carrier == "header":
-            headers["Authorization"] = f"Bearer {token}"
+            headers.update(authorization)
         elif options.carrier == "subprotocol":
             protocols.append(Subprotocol(BEARER_PREFIX + token))
         else:
@@ -198,6 +214,10 @@ def describe_failure(exc: Exception, url: str, timeout: float) -> ClientError:
     if isinstance(exc, InvalidMessage):
         hint = "" if url.startswith("wss:") else f"; if it uses TLS, try {_ws_url(url, 'wss')}"
         return ConnectionLost(f"{where} did not answer the WebSocket upgrade with HTTP{hint}")
+    if isinstance(exc, InvalidHeader):  # its text holds the header's value: a token, maybe
+        return ConnectionLost(
+            f"the WebSocket handshake with {where} failed: a bad {exc.name} header"
+        )
     if isinstance(exc, InvalidHandshake):
         return ConnectionLost(f"the WebSocket handshake with {where} failed: {exc}")
     if isinstance(exc, OSError):

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Awaitable
 from typing import TextIO, TypeVar
 
-from qa_ws_cli.errors import QaWsError
+from qa_ws_cli.errors import ClientError, QaWsError
 
 T = TypeVar("T")
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a writer its reader left
@@ -31,19 +31,32 @@ class OutputClosed(QaWsError):
         super().__init__("stdout was closed by its reader")
 
 
+class OutputFailed(ClientError):
+    """stdout refused a write for another reason than its reader leaving (ENOSPC, EBADF)."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(f"cannot write to stdout: {exc.strerror or type(exc).__name__}")
+
+
 class Output:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failure: OSError | None = None  # set: not the reader leaving, a write error
         self._watched: int | None = None
 
     def write(self, text: str) -> None:
+        """Never raises: inside the client's reader task an exception would kill the reader
+        and leave the command waiting for its timeout; ``closed`` resolves instead."""
         if self.closed.done():
             return
         try:
             self.stream.write(text)
             self.stream.flush()
         except (BrokenPipeError, ValueError):  # ValueError: the stream itself was closed
+            self._close()
+        except OSError as exc:  # a full disk (/dev/full), a closed descriptor: say it
+            self.failure = exc
             self._close()
 
     def watch(self) -> None:
@@ -69,7 +82,8 @@ class Output:
 
 
 async def unless_closed(out: Output, work: Awaitable[T]) -> T:
-    """``work``'s result, or OutputClosed as soon as stdout's reader is gone."""
+    """``work``'s result, or OutputClosed as soon as stdout's reader is gone (OutputFailed
+    when stdout refused a write)."""
     task = asyncio.ensure_future(work)
     racing: set[asyncio.Future[object]] = {task, out.closed}  # type: ignore[arg-type]
     await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
@@ -78,6 +92,8 @@ async def unless_closed(out: Output, work: Awaitable[T]) -> T:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, QaWsError):
         await task
+    if out.failure is not None:
+        raise OutputFailed(out.failure)
     raise OutputClosed
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TextIO
 
 from qa_ws_cli.client.attach import NextMessage, command_arg
@@ -154,7 +154,7 @@ def event_json(event: ServerEvent) -> str:
     return event.model_dump_json(exclude_none=True)
 
 
-async def stdin_lines(stream: TextIO) -> AsyncIterator[str]:
+async def stdin_lines(stream: Iterable[str]) -> AsyncIterator[str]:
     """Lines as they come, read in a daemon thread so a still-open pipe never blocks exit."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()

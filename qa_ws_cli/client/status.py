@@ -103,19 +103,23 @@ class StatusProbe:
         self.last: Reading | None = None
 
     async def read(self) -> Status:
+        """Every part that answers; an unreadable /metrics still checks the admin token."""
         status = Status(self.client.base)
         await self._readiness(status)
         first = self.last or await self._scrape(status)
-        if first is None:
-            return status
-        if self.last is None:
-            await asyncio.sleep(self.interval_s)
-        second = await self._scrape(status)
-        if second is None:
-            return status
-        self.last = second
-        summarize(status, first, second)
+        second = None
+        if first is not None:
+            if self.last is None:
+                await asyncio.sleep(self.interval_s)
+            second = await self._scrape(status)
+        if first is not None and second is not None:
+            self.last = second
+            summarize(status, first, second)
         await self._instances(status)
+        if second is None and status.instances is not None and len(status.instances) == 1:
+            only = status.instances[0]  # the one instance there is: this one
+            status.version = str(only.get("version", "?"))
+            status.instance, status.name = str(only.get("instance")), str(only.get("name"))
         return status
 
     async def _readiness(self, status: Status) -> None:
@@ -131,8 +135,11 @@ class StatusProbe:
         try:
             _, text = await self.client.request("GET", "/metrics", token=self.metrics_token or "")
             return Reading.parse(text)
-        except (HandshakeRefused, RequestRefused) as exc:
-            status.problems.append(f"metrics: {exc.message} (pass the metrics token with --token)")
+        except HandshakeRefused as exc:
+            hint = "pass the metrics token (metrics.token) with --metrics-token"
+            status.problems.append(f"metrics: {exc.message}; {hint}")
+        except RequestRefused as exc:
+            status.problems.append(f"metrics: {exc.message}")
         except ValueError:
             status.problems.append("metrics: /metrics is not in Prometheus' text format")
         return None

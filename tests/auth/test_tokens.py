@@ -92,6 +92,8 @@ NOW = int(time.time())
             "algorithm",
         ),
         ("not.a.token", "invalid_token", "malformed"),
+        # a byte that was not UTF-8 (argv, a header): not "the time claims are not valid times"
+        ("ab\udce9", "invalid_token", "malformed: it is not ASCII text"),
     ],
 )
 def test_refusals_name_the_reason(settings: Settings, token: str, code: str, reason: str) -> None:

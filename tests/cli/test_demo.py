@@ -48,7 +48,7 @@ def test_demo_plays_every_step_and_exits_0() -> None:
 def test_demo_fails_in_one_line_when_the_server_cannot_start() -> None:
     done = run_demo("--agent", "python:no_such_module_here:agent")
     assert done.returncode == 1
-    assert "the demo server did not start: cannot import 'no_such_module_here'" in done.stdout
+    assert "the demo server did not start: cannot import 'no_such_module_here'" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
 
 
