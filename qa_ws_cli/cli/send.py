@@ -136,9 +136,15 @@ async def _ask_each(
     timeout: float,
     files: list[Path],
 ) -> None:
-    uploaded = [await upload_file(client.options, path) for path in files]
+    connect_first = not client.options.token  # without a token an upload names its session
+    if connect_first:
+        await client.connect()
+    uploaded = [
+        await upload_file(client.options, path, session_id=client.session_id) for path in files
+    ]
     attachments = tuple(f.file_id for f in uploaded)
-    await client.connect()
+    if not connect_first:
+        await client.connect()
     for text in messages:
         streamed = False
         progress = None if as_json else StderrProgress(_note)

@@ -38,7 +38,7 @@ class NextMessage:
         most = limit.get("max_attachments")
         if isinstance(most, int) and len(self.files) >= most:
             raise ClientError(f"at most {most} files go with one message")
-        uploaded = await upload_file(client.options, _path(arg))
+        uploaded = await upload_file(client.options, _path(arg), session_id=client.session_id)
         self.files.append(uploaded)
         return f"attached {uploaded.describe()} to the next message"
 

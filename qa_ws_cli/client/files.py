@@ -14,6 +14,7 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -57,12 +58,19 @@ def _ssl(options: ClientOptions) -> ssl_module.SSLContext | bool:
 
 
 async def upload_file(
-    options: ClientOptions, path: Path, *, timeout: float = UPLOAD_TIMEOUT_S
+    options: ClientOptions,
+    path: Path,
+    *,
+    session_id: str | None = None,
+    timeout: float = UPLOAD_TIMEOUT_S,
 ) -> UploadedFile:
     """Upload ``path``; raises ClientError (unreadable file), HandshakeRefused (401/403),
     RequestRefused (413 file_too_large, 415 unsupported_file_type, ...) or ServerUnreachable.
+    Without a token (a server run with ``--no-auth``) the session's id names the owner.
     """
     url = files_url(options.url)
+    if not options.token and session_id:
+        url += "?" + urlencode({"session_id": session_id})
     headers = bearer(options.token)
     if options.origin:
         headers["Origin"] = options.origin

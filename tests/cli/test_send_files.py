@@ -71,6 +71,26 @@ def test_files_are_uploaded_and_reach_the_agent(server: ServerProcess, tmp_path:
     )
 
 
+def test_without_authentication_an_upload_names_the_session(
+    spawn_server: Spawn, tmp_path: Path
+) -> None:
+    """``serve --no-auth``: the upload was a new anonymous user's, so file_not_found, exit 5."""
+    env = server_env(tmp_path, PYTHONPATH=str(REPO))
+    server = spawn_server("--agent", AGENT, "--no-auth", env=env)
+    (tmp_path / "junit.xml").write_text('<testsuite tests="3" failures="1"/>')
+    command = ["send", "why?", "--file", "junit.xml", "--url", server.url]  # no --token
+    result = subprocess.run(
+        [sys.executable, "-m", "qa_ws_cli", *command],
+        env=dict(os.environ, COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Files: junit.xml (application/xml, 35 bytes)." in result.stdout
+
+
 def test_json_prints_every_event_and_no_progress(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "notes.md").write_text("# Login\n- lockout\n")
     result = send(server, tmp_path, "plan login", "--json", "--file", "notes.md")
