@@ -29,12 +29,13 @@ def server(spawn_server: Spawn, tmp_path: Path) -> ServerProcess:
 
 
 def send(
-    server: ServerProcess, tmp_path: Path, *args: str, sub: str = "alice"
+    server: ServerProcess, tmp_path: Path, *args: str, sub: str | None = "alice"
 ) -> subprocess.CompletedProcess[str]:
-    token = issue_token(make_settings(tmp_path), sub)[0]
+    """``qa-ws send`` with a token for ``sub`` (None: no token)."""
+    token = ["--token", issue_token(make_settings(tmp_path), sub)[0]] if sub else []
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run(
-        [sys.executable, "-m", "qa_ws_cli", "send", *args, "--url", server.url, "--token", token],
+        [sys.executable, "-m", "qa_ws_cli", "send", *args, "--url", server.url, *token],
         env=env,
         capture_output=True,
         text=True,
@@ -78,15 +79,7 @@ def test_without_authentication_an_upload_names_the_session(
     env = server_env(tmp_path, PYTHONPATH=str(REPO))
     server = spawn_server("--agent", AGENT, "--no-auth", env=env)
     (tmp_path / "junit.xml").write_text('<testsuite tests="3" failures="1"/>')
-    command = ["send", "why?", "--file", "junit.xml", "--url", server.url]  # no --token
-    result = subprocess.run(
-        [sys.executable, "-m", "qa_ws_cli", *command],
-        env=dict(os.environ, COLUMNS="200"),
-        capture_output=True,
-        text=True,
-        timeout=45,
-        cwd=tmp_path,
-    )
+    result = send(server, tmp_path, "why?", "--file", "junit.xml", sub=None)
     assert result.returncode == 0, result.stderr
     assert "Files: junit.xml (application/xml, 35 bytes)." in result.stdout
 
