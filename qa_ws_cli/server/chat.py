@@ -21,7 +21,8 @@ from qa_ws_cli.server.driver import SessionDriver
 from qa_ws_cli.server.limits import Limiter
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
-from qa_ws_cli.server.session_core import RATE_LIMITED_MESSAGE, Claim, RateLimited, error_body
+from qa_ws_cli.server.session_core import RATE_LIMITED_MESSAGE, error_body
+from qa_ws_cli.server.session_outputs import Claim, RateLimited
 
 log = logging.getLogger("qa_ws.server")
 

@@ -22,17 +22,16 @@ from qa_ws_cli.server.files import FileSigner, FileStore
 from qa_ws_cli.server.logs import log_event
 from qa_ws_cli.server.metrics import Metrics
 from qa_ws_cli.server.runs import AgentRun, RunOutcome
-from qa_ws_cli.server.session_core import (
+from qa_ws_cli.server.session_core import CoreLimits, SessionCore
+from qa_ws_cli.server.session_outputs import (
     CancelRemote,
     CancelRun,
     Claim,
     ClaimResult,
     CloseConnection,
-    CoreLimits,
     Output,
     Publish,
     SendFrame,
-    SessionCore,
     StartRun,
 )
 from qa_ws_cli.server.store import MemoryStore, Store

@@ -35,7 +35,7 @@ from qa_ws_cli.lazy import LazyTuple
 from qa_ws_cli.server.limits import HIT_FUNCTION, RateLimiter
 from qa_ws_cli.server.memory_limits import round_retry
 from qa_ws_cli.server.redis_batch import AutoPipeline
-from qa_ws_cli.server.session_core import (
+from qa_ws_cli.server.session_outputs import (
     Answered,
     Claimed,
     ClaimResult,

@@ -47,7 +47,7 @@ from qa_ws_cli.server.redis_sessions import (
 )
 from qa_ws_cli.server.redis_slots import RESERVE, RedisConnectionSlots
 from qa_ws_cli.server.redis_writeback import write_back
-from qa_ws_cli.server.session_core import ClaimResult, Publish
+from qa_ws_cli.server.session_outputs import ClaimResult, Publish
 from qa_ws_cli.server.session_store import EndedClaims, ResumeRecord
 from qa_ws_cli.server.store import ClusterPeer, MemoryStore, Store
 

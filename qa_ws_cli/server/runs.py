@@ -24,7 +24,8 @@ from qa_ws_cli.protocol.events import FileInfo
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.files import FileSigner, FileStore, store_produced
 from qa_ws_cli.server.logs import log_event
-from qa_ws_cli.server.session_core import Output, SessionCore, StartRun
+from qa_ws_cli.server.session_core import SessionCore
+from qa_ws_cli.server.session_outputs import Output, StartRun
 
 _PROTOCOL_CODES = frozenset(ErrorCode)
 CANCEL_WAIT_S = 5.0  # how long a backend's own cancel may take before the run is dropped

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from qa_ws_cli.config import SessionSettings
-from qa_ws_cli.server.session_core import (
+from qa_ws_cli.server.session_core import with_seq
+from qa_ws_cli.server.session_outputs import (
     Answered,
     Claimed,
     ClaimResult,
     Publish,
     RunningElsewhere,
-    with_seq,
 )
 
 Event = tuple[int, float, str]  # (seq, wall-clock time it was kept, frame)

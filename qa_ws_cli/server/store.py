@@ -15,7 +15,7 @@ from qa_ws_cli.config import RateLimitSettings
 from qa_ws_cli.server.limits import Limiter
 from qa_ws_cli.server.memory_limits import MemoryRateLimiter
 from qa_ws_cli.server.notifications import InboxLimits, MemoryInbox, Notification, Taken
-from qa_ws_cli.server.session_core import ClaimResult, RateLimited
+from qa_ws_cli.server.session_outputs import ClaimResult, RateLimited
 from qa_ws_cli.server.session_store import MemorySessionStore, SessionStore
 
 

@@ -24,7 +24,7 @@ from qa_ws_cli.protocol.events import SystemEvent
 from qa_ws_cli.server import gateway as gateway_module
 from qa_ws_cli.server.connections import Connection
 from qa_ws_cli.server.memory_limits import MemoryRateLimiter
-from qa_ws_cli.server.session_core import Publish
+from qa_ws_cli.server.session_outputs import Publish
 from qa_ws_cli.server.store import MemoryStore
 from tests.conftest import make_settings, run_gateway
 from tests.server.wire import chat, connect, eventually, metric

@@ -19,7 +19,8 @@ import pytest
 from qa_ws_cli.agents.builtin import EchoAgent
 from qa_ws_cli.config import SessionSettings
 from qa_ws_cli.server.redis_store import RedisStore
-from qa_ws_cli.server.session_core import Claimed, Publish, error_body
+from qa_ws_cli.server.session_core import error_body
+from qa_ws_cli.server.session_outputs import Claimed, Publish
 from tests.conftest import Running, make_settings, run_gateway
 from tests.redis_server import RedisServer
 from tests.server.wire import connect, next_event, until

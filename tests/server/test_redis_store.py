@@ -25,7 +25,7 @@ from qa_ws_cli.auth.tokens import issue_token
 from qa_ws_cli.config import load_settings
 from qa_ws_cli.errors import ConfigError
 from qa_ws_cli.server.redis_store import CHANNEL, RETRY_S, RedisStore, check_store_url
-from qa_ws_cli.server.session_core import Answered, Claimed, Publish, RunningElsewhere
+from qa_ws_cli.server.session_outputs import Answered, Claimed, Publish, RunningElsewhere
 from tests.conftest import Running, ServerProcess, make_settings, run_gateway, server_env
 from tests.redis_server import RedisServer
 from tests.server.wire import chat, close_code, connect, eventually, next_event, ping, until

@@ -6,22 +6,20 @@ import json
 from typing import Any
 
 from qa_ws_cli.protocol.codes import CloseCode
-from qa_ws_cli.server.session_core import (
+from qa_ws_cli.server.session_core import CoreLimits, SessionCore, with_seq
+from qa_ws_cli.server.session_outputs import (
     Answered,
     CancelRemote,
     CancelRun,
     Claim,
     Claimed,
     CloseConnection,
-    CoreLimits,
     Output,
     Publish,
     RateLimited,
     RunningElsewhere,
     SendFrame,
-    SessionCore,
     StartRun,
-    with_seq,
 )
 from qa_ws_cli.server.session_store import replay_after
 
