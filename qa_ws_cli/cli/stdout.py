@@ -16,14 +16,15 @@ import os
 import sys
 from typing import Any
 
-EXIT_UNWRITABLE = 1
+from qa_ws_cli.cli.common import EXIT_FAILED
+from qa_ws_cli.client.output import silence_stdout, unwritable_stdout
 
 
 class StdoutUnwritable(OSError):
     """stdout refused a write for another reason than its reader leaving."""
 
     def describe(self) -> str:
-        return f"cannot write to stdout: {self.strerror or 'unwritable'}"
+        return unwritable_stdout(self)
 
 
 def _unwritable(exc: OSError) -> OSError:
@@ -84,12 +85,10 @@ def guard_stdout() -> None:
 def report_unwritable(exc: StdoutUnwritable) -> int:
     """The one line on stderr; stdout then points at /dev/null so the interpreter's last flush
     cannot complain again. Returns the exit code."""
-    from qa_ws_cli.client.output import silence_stdout
-
     silence_stdout()
     sys.stderr.write(f"error: {exc.describe()}\n")
     sys.stderr.flush()
-    return EXIT_UNWRITABLE
+    return EXIT_FAILED
 
 
 def flush_stdout() -> None:

@@ -31,11 +31,16 @@ class OutputClosed(QaWsError):
         super().__init__("stdout was closed by its reader")
 
 
+def unwritable_stdout(exc: OSError) -> str:
+    """The one line for a stdout that refused a write (not its reader leaving)."""
+    return f"cannot write to stdout: {exc.strerror or 'unwritable'}"
+
+
 class OutputFailed(ClientError):
     """stdout refused a write for another reason than its reader leaving (ENOSPC, EBADF)."""
 
     def __init__(self, exc: OSError) -> None:
-        super().__init__(f"cannot write to stdout: {exc.strerror or type(exc).__name__}")
+        super().__init__(unwritable_stdout(exc))
 
 
 class Output:

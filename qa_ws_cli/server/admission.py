@@ -33,7 +33,7 @@ from qa_ws_cli.errors import AuthError
 from qa_ws_cli.protocol.codes import BEARER_PREFIX, HandshakeError
 from qa_ws_cli.server.gateway import Gateway
 from qa_ws_cli.server.guard import SERVER_HEADER, GuardedHandler, in_networks
-from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, REQUEST_ID_HEADER
+from qa_ws_cli.server.keys import CLAIMS, REQUEST_ID, REQUEST_ID_HEADER, new_request_id
 from qa_ws_cli.server.logs import log_event, loggable_path
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # how sessions are named (secrets.token_hex(16))
@@ -122,7 +122,7 @@ class Admission:
         Nothing is written on an admitted request (a WebSocket's request lives as long as its
         connection); a refused one gets its id, for the refusal's log line and header."""
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID_RE.match(given) else secrets.token_hex(8)
+        request_id = given if _REQUEST_ID_RE.match(given) else new_request_id()
         original = request
         if self.trusted:
             request = self._forwarded(request)

@@ -25,7 +25,6 @@ import asyncio
 import errno
 import logging
 import resource
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -36,7 +35,7 @@ from aiohttp.http import WebSocketReader
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qa_ws_cli.config import ServerSettings
-from qa_ws_cli.server.keys import REQUEST_ID_HEADER, UNPARSED
+from qa_ws_cli.server.keys import REQUEST_ID_HEADER, UNPARSED, new_request_id
 from qa_ws_cli.server.logs import RateLimitedLog, log_event
 from qa_ws_cli.server.masking import UNMASKED_CLOSE, MaskedFramesOnly
 
@@ -201,7 +200,7 @@ class GuardedHandler(web.RequestHandler):
         headers = {
             hdrs.SERVER: SERVER_HEADER,
             hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
-            REQUEST_ID_HEADER: secrets.token_hex(8),
+            REQUEST_ID_HEADER: new_request_id(),
         }
         response = web.Response(
             status=status, text=body, content_type="application/json", headers=headers

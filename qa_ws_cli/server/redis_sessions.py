@@ -52,7 +52,7 @@ from qa_ws_cli.server.session_store import (
 )
 
 PREFIX = "qa-ws:s:"
-_PARTS = ("m", "e", "a", "o", "h", "c")  # the session's keys, as KEYS[1..6] of ``append``
+SESSION_PARTS = ("m", "e", "a", "o", "h", "c")  # the session's keys, as KEYS[1..6] of ``append``
 
 # one command, so that a batch boundary or an outage never leaves the record without its TTL
 _CREATE = """
@@ -213,22 +213,22 @@ class RedisSessionStore(SessionStore):
 
     def configure(self, settings: SessionSettings) -> None:
         super().configure(settings)
-        self._ttl = max(1, int(settings.ttl_s))  # every key's, in seconds
-        self._lease_ms = int(settings.run_lease_s * 1000)
+        self.key_ttl_s = max(1, int(settings.ttl_s))  # every key's, in seconds
+        self.lease_ms = int(settings.run_lease_s * 1000)
 
     @staticmethod
     def key(session_id: str, part: str) -> str:
         return _prefix(session_id) + part
 
     def _keys(self, session_id: str, chat_id: str = "") -> list[str]:
-        """The session's keys (``_PARTS``, in the scripts' order), then the chat's lease."""
+        """The session's keys (``SESSION_PARTS``, in the scripts' order), then the chat's lease."""
         base = _prefix(session_id)
-        keys = [base + part for part in _PARTS]
+        keys = [base + part for part in SESSION_PARTS]
         keys.append(f"{base}l:{chat_id}")
         return keys
 
     async def create(self, session_id: str, user: str) -> None:
-        await self.batch.script(self._create, (self.key(session_id, "m"),), (user, self._ttl))
+        await self.batch.script(self._create, (self.key(session_id, "m"),), (user, self.key_ttl_s))
 
     async def resume(self, session_id: str, last_seq: int) -> ResumeRecord | None:
         keys = self._keys(session_id)
@@ -237,7 +237,7 @@ class RedisSessionStore(SessionStore):
             pipe.xrange(keys[1])
             pipe.hkeys(keys[5])
             for key in keys[:6]:
-                pipe.expire(key, self._ttl)
+                pipe.expire(key, self.key_ttl_s)
             meta, entries, claimed, *_ = await pipe.execute()
         try:
             user, seq = as_text(meta[0]), int(meta[1])
@@ -274,7 +274,7 @@ class RedisSessionStore(SessionStore):
         that ``RedisStore`` awaits the batch's reply itself: one coroutine fewer to resume."""
         base = _prefix(session_id)
         keys = [base + "a", base + "c", f"{base}l:{chat_id}", base + "h"]
-        args: list[str | int] = [chat_id, instance, self._lease_ms, self._ttl]
+        args: list[str | int] = [chat_id, instance, self.lease_ms, self.key_ttl_s]
         script, limiter = self._claim, self.limiter
         if rate_user is not None and limiter is not None:
             script = self._counted_claim
@@ -299,7 +299,7 @@ class RedisSessionStore(SessionStore):
             user,
             min_seq,
             s.buffer_events,
-            self._ttl,
+            self.key_ttl_s,
             chat_id,
             int(event.answer),
             int(event.release),
@@ -317,7 +317,7 @@ class RedisSessionStore(SessionStore):
     async def renew(self, claims: Iterable[tuple[str, str]], instance: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for session_id, chat_id in claims:
-                pipe.set(self.key(session_id, f"l:{chat_id}"), instance, px=self._lease_ms)
+                pipe.set(self.key(session_id, f"l:{chat_id}"), instance, px=self.lease_ms)
             await pipe.execute()
 
     async def ended(self, session_id: str, chat_ids: Iterable[str]) -> EndedClaims:
@@ -334,6 +334,6 @@ class RedisSessionStore(SessionStore):
     async def touch(self, session_ids: Iterable[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                for part in _PARTS:
-                    pipe.expire(self.key(session_id, part), self._ttl)
+                for part in SESSION_PARTS:
+                    pipe.expire(self.key(session_id, part), self.key_ttl_s)
             await pipe.execute()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from qa_ws_cli.server.redis_batch import REDIS_FAILURES
-from qa_ws_cli.server.redis_sessions import turn_json
+from qa_ws_cli.server.redis_sessions import SESSION_PARTS, turn_json
 from qa_ws_cli.server.session_store import MemorySessionStore, SessionRecord
 
 if TYPE_CHECKING:
@@ -93,14 +93,14 @@ async def write_back(store: RedisSessionStore, memory: MemorySessionStore) -> in
     for session_id, record in list(memory.records.items()):
         now = time.time()
         if record.expires_at >= now:
-            keys = [store.key(session_id, part) for part in ("m", "e", "a", "o", "h", "c")]
+            keys = [store.key(session_id, part) for part in SESSION_PARTS]
             args: list[str | int] = [
                 record.user,
-                max(1, int(settings.ttl_s)),
+                store.key_ttl_s,
                 settings.buffer_events,
                 settings.max_answered_ids,
                 settings.history_turns,
-                int(settings.run_lease_s * 1000),
+                store.lease_ms,
                 store.key(session_id, "l:"),
                 record_json(record, now),
             ]
